@@ -1,0 +1,35 @@
+"""The local event log: completion events appended to the store's SQLite file."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from jobfleet.core.models import JobCompletedEvent
+
+
+class LocalEventLog:
+    """An EventBus whose subscribers read the log (`jobfleet events --follow`)."""
+
+    def __init__(self, path: Path) -> None:
+        # The store created the events table; the log keeps a connection of its own.
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+
+    def publish(self, event: JobCompletedEvent) -> None:
+        # The unique event id makes a second publish of the same event a no-op.
+        self._db.execute(
+            "INSERT OR IGNORE INTO events (event_id, orchestration_id, data) VALUES (?, ?, ?)",
+            (event.event_id, event.orchestration_id, json.dumps(event.to_json())),
+        )
+
+    def events(self, *, after: int = 0) -> Iterator[tuple[int, JobCompletedEvent]]:
+        rows = self._db.execute(
+            "SELECT seq, data FROM events WHERE seq > ? ORDER BY seq", (after,)
+        ).fetchall()
+        for seq, data in rows:
+            yield seq, JobCompletedEvent.from_json(json.loads(data))
+
+    def close(self) -> None:
+        self._db.close()

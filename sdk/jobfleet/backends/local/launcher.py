@@ -1,0 +1,49 @@
+"""The local launcher: a detached supervisor process per orchestration, like one
+Cloud Run execution, whose tasks are `jobfleet worker` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from jobfleet.config import Settings
+from jobfleet.core.models import NewOrchestration
+
+EXECUTION_PREFIX = "local-pid-"
+
+
+class ProcessLauncher:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def launch(self, orchestration: NewOrchestration, task_count: int, jobs: list[str]) -> str:
+        self.settings.logs.mkdir(parents=True, exist_ok=True)
+        log = self.settings.logs / f"{orchestration.id}.log"
+        env = {
+            **os.environ,
+            **self.settings.environment(),
+            "JOBFLEET_JOBS": ",".join(dict.fromkeys([*self.settings.jobs_modules, *jobs])),
+            "JOB_NAME": orchestration.job_name,
+            "ORCHESTRATION_ID": orchestration.id,
+            "CLOUD_RUN_TASK_COUNT": str(task_count),
+        }
+        with open(log, "ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "jobfleet.backends.local.supervisor"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives the caller; its group holds the workers
+            )
+        return f"{EXECUTION_PREFIX}{process.pid}"
+
+    def cancel(self, execution: str) -> None:
+        if not execution.startswith(EXECUTION_PREFIX):
+            return
+        try:
+            os.killpg(int(execution.removeprefix(EXECUTION_PREFIX)), signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass  # already gone

@@ -1,0 +1,386 @@
+"""The embedded store: one SQLite file (WAL) shared by every process using the same home.
+
+The schema mirrors the Firestore layout: an orchestrations table and a jobs table
+keyed by (orchestration_id, index). Writes take the database lock up front
+(`BEGIN IMMEDIATE`) so that concurrent workers queue instead of deadlocking.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from jobfleet.core.models import (
+    ClaimedInstance,
+    Counts,
+    ErrorInfo,
+    Failure,
+    NewInstance,
+    NewOrchestration,
+    OrchestrationSnapshot,
+    Outcome,
+    RunOptions,
+    Status,
+    Success,
+)
+from jobfleet.errors import InvalidParams, UnknownOrchestration
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS orchestrations (
+    id TEXT PRIMARY KEY,
+    job_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    total INTEGER NOT NULL DEFAULT 0,
+    parallelism INTEGER NOT NULL,
+    retries INTEGER NOT NULL,
+    backoff REAL NOT NULL,
+    timeout REAL,
+    tags TEXT NOT NULL,
+    succeeded INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    cancelled INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    execution TEXT,
+    event_published INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS orchestrations_by_time ON orchestrations (created_at);
+CREATE TABLE IF NOT EXISTS jobs (
+    orchestration_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    job_id TEXT NOT NULL,
+    shard INTEGER NOT NULL,
+    params TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'Pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    owner TEXT,
+    lease_until REAL,
+    started_at REAL,
+    finished_at REAL,
+    result TEXT,
+    error TEXT,
+    PRIMARY KEY (orchestration_id, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_by_shard ON jobs (orchestration_id, shard, status, not_before);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner) WHERE owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    orchestration_id TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+"""
+
+_DONE_COLUMN = {Status.COMPLETED: "succeeded", Status.ERRORED: "failed"}
+
+
+class SqliteStore:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(
+            self.path, isolation_level=None, timeout=30.0, check_same_thread=False
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        with self._write():
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+
+    # -- plumbing -------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- orchestrations ---------------------------------------------------------
+
+    def create_orchestration(
+        self, orchestration: NewOrchestration, batches: Iterable[Sequence[NewInstance]]
+    ) -> int:
+        o = orchestration
+        total = 0
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO orchestrations (id, job_name, status, parallelism, retries, backoff,"
+                " timeout, tags, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    o.id, o.job_name, Status.IN_PROGRESS.value, o.options.parallelism,
+                    o.options.retries, o.options.backoff, o.options.timeout,
+                    json.dumps(o.tags), o.created_at,
+                ),
+            )
+            for batch in batches:
+                db.executemany(
+                    "INSERT INTO jobs (orchestration_id, idx, job_id, shard, params)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [(o.id, i.index, i.job_id, i.shard, json.dumps(i.params)) for i in batch],
+                )
+                total += len(batch)
+            if total == 0:
+                raise InvalidParams("no parameter sets: give at least one")
+            db.execute("UPDATE orchestrations SET total = ? WHERE id = ?", (total, o.id))
+        return total
+
+    def get_orchestration(self, orchestration_id: str) -> OrchestrationSnapshot:
+        row = self._db.execute(
+            "SELECT * FROM orchestrations WHERE id = ?", (orchestration_id,)
+        ).fetchone()
+        if row is None:
+            raise UnknownOrchestration(orchestration_id)
+        return self._snapshot(row)
+
+    def list_orchestrations(
+        self, *, limit: int = 50, job_name: str | None = None, status: Status | None = None
+    ) -> list[OrchestrationSnapshot]:
+        where, args = [], []
+        if job_name is not None:
+            where.append("job_name = ?")
+            args.append(job_name)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status.value)
+        sql = "SELECT * FROM orchestrations"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC LIMIT ?"
+        rows = self._db.execute(sql, [*args, limit]).fetchall()
+        return [self._snapshot(r) for r in rows]
+
+    def _snapshot(self, row: tuple[Any, ...]) -> OrchestrationSnapshot:
+        (oid, job_name, status, total, parallelism, retries, backoff, timeout, tags,
+         succeeded, failed, cancelled, created_at, finished_at, execution, published) = row
+        in_progress = 0
+        if status == Status.IN_PROGRESS.value:
+            in_progress = self._db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE orchestration_id = ? AND status = ?",
+                (oid, Status.IN_PROGRESS.value),
+            ).fetchone()[0]
+        done = succeeded + failed + cancelled
+        return OrchestrationSnapshot(
+            id=oid,
+            job_name=job_name,
+            status=Status(status),
+            counts=Counts(
+                total=total, pending=max(0, total - done - in_progress), in_progress=in_progress,
+                succeeded=succeeded, failed=failed, cancelled=cancelled,
+            ),
+            options=RunOptions(
+                retries=retries, backoff=backoff, timeout=timeout, parallelism=parallelism
+            ),
+            tags=json.loads(tags),
+            created_at=created_at,
+            finished_at=finished_at,
+            execution=execution,
+            event_published=bool(published),
+        )
+
+    def set_execution(self, orchestration_id: str, execution: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE orchestrations SET execution = ? WHERE id = ?",
+                (execution, orchestration_id),
+            )
+
+    # -- the worker's side ----------------------------------------------------------
+
+    def claim(
+        self, orchestration_id: str, shard: int, owner: str, *, limit: int, now: float,
+        lease: float, job_id: str | None = None,
+    ) -> list[ClaimedInstance]:
+        which, key = ("shard = ?", shard) if job_id is None else ("job_id = ?", job_id)
+        with self._write() as db:
+            rows = db.execute(
+                "UPDATE jobs SET status = 'InProgress', attempts = attempts + 1, owner = ?,"
+                " lease_until = ?, started_at = ?"
+                " WHERE orchestration_id = ? AND idx IN ("
+                f"   SELECT idx FROM jobs WHERE orchestration_id = ? AND {which}"
+                "   AND status = 'Pending' AND not_before <= ? ORDER BY not_before, idx LIMIT ?)"
+                " RETURNING job_id, idx, params, attempts",
+                (owner, now + lease, now, orchestration_id, orchestration_id, key, now, limit),
+            ).fetchall()
+        rows.sort(key=lambda r: r[1])
+        return [ClaimedInstance(r[0], r[1], json.loads(r[2]), r[3], owner) for r in rows]
+
+    def heartbeat(self, owner: str, *, now: float, lease: float) -> int:
+        with self._write() as db:
+            return db.execute(
+                "UPDATE jobs SET lease_until = ? WHERE owner = ? AND status = 'InProgress'",
+                (now + lease, owner),
+            ).rowcount
+
+    def stale_claims(
+        self, orchestration_id: str, *, now: float, shard: int | None = None
+    ) -> list[ClaimedInstance]:
+        sql = (
+            "SELECT job_id, idx, params, attempts, owner FROM jobs WHERE orchestration_id = ?"
+            " AND status = 'InProgress' AND "
+        )
+        if shard is None:
+            rows = self._db.execute(sql + "lease_until < ?", (orchestration_id, now)).fetchall()
+        else:
+            rows = self._db.execute(
+                sql + "(lease_until < ? OR shard = ?)", (orchestration_id, now, shard)
+            ).fetchall()
+        return [ClaimedInstance(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
+
+    def record_outcomes(self, orchestration_id: str, outcomes: Sequence[Outcome]) -> int:
+        now = time.time()
+        applied = 0
+        with self._write() as db:
+            for status in (Status.COMPLETED, Status.ERRORED, Status.PENDING):
+                rows = [
+                    (
+                        status.value,
+                        None if o.result is None else json.dumps(o.result),
+                        None if o.error is None else json.dumps(o.error.to_json()),
+                        o.not_before,
+                        None if status is Status.PENDING else now,
+                        orchestration_id, o.index, o.owner,
+                    )
+                    for o in outcomes if o.status is status
+                ]
+                if not rows:
+                    continue
+                cur = db.executemany(
+                    "UPDATE jobs SET status = ?, result = ?, error = ?, not_before = ?,"
+                    " finished_at = ?, owner = NULL, lease_until = NULL"
+                    " WHERE orchestration_id = ? AND idx = ? AND owner = ?"
+                    " AND status = 'InProgress'",
+                    rows,
+                )
+                applied += cur.rowcount
+                column = _DONE_COLUMN.get(status)
+                if column and cur.rowcount:
+                    db.execute(
+                        f"UPDATE orchestrations SET {column} = {column} + ? WHERE id = ?",
+                        (cur.rowcount, orchestration_id),
+                    )
+        return applied
+
+    def unfinished(self, orchestration_id: str, shard: int | None = None) -> int:
+        sql = (
+            "SELECT COUNT(*) FROM jobs WHERE orchestration_id = ?"
+            " AND status IN ('Pending', 'InProgress')"
+        )
+        if shard is None:
+            return int(self._db.execute(sql, (orchestration_id,)).fetchone()[0])
+        row = self._db.execute(sql + " AND shard = ?", (orchestration_id, shard)).fetchone()
+        return int(row[0])
+
+    def next_ready_at(self, orchestration_id: str, shard: int) -> float | None:
+        row = self._db.execute(
+            "SELECT MIN(not_before) FROM jobs WHERE orchestration_id = ? AND shard = ?"
+            " AND status = 'Pending'",
+            (orchestration_id, shard),
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def give_up(
+        self, orchestration_id: str, shard: int, error: ErrorInfo, *, now: float
+    ) -> int:
+        with self._write() as db:
+            failed = db.execute(
+                "UPDATE jobs SET status = 'Errored', error = ?, finished_at = ?, owner = NULL,"
+                " lease_until = NULL WHERE orchestration_id = ? AND shard = ?"
+                " AND status IN ('Pending', 'InProgress')",
+                (json.dumps(error.to_json()), now, orchestration_id, shard),
+            ).rowcount
+            if failed:
+                db.execute(
+                    "UPDATE orchestrations SET failed = failed + ? WHERE id = ?",
+                    (failed, orchestration_id),
+                )
+        return failed
+
+    # -- ending -------------------------------------------------------------------
+
+    def cancel(self, orchestration_id: str, *, now: float) -> bool:
+        with self._write() as db:
+            row = db.execute(
+                "SELECT status FROM orchestrations WHERE id = ?", (orchestration_id,)
+            ).fetchone()
+            if row is None:
+                raise UnknownOrchestration(orchestration_id)
+            if row[0] != Status.IN_PROGRESS.value:
+                return False
+            cancelled = db.execute(
+                "UPDATE jobs SET status = 'Cancelled', finished_at = ?, owner = NULL,"
+                " lease_until = NULL WHERE orchestration_id = ?"
+                " AND status IN ('Pending', 'InProgress')",
+                (now, orchestration_id),
+            ).rowcount
+            db.execute(
+                "UPDATE orchestrations SET cancelled = cancelled + ?, status = 'Cancelled',"
+                " finished_at = ? WHERE id = ?",
+                (cancelled, now, orchestration_id),
+            )
+        return True
+
+    def finish_orchestration(self, orchestration_id: str, status: Status, now: float) -> bool:
+        with self._write() as db:
+            return (
+                db.execute(
+                    "UPDATE orchestrations SET status = ?, finished_at = ?"
+                    " WHERE id = ? AND status = 'InProgress'",
+                    (status.value, now, orchestration_id),
+                ).rowcount
+                == 1
+            )
+
+    def mark_event_published(self, orchestration_id: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE orchestrations SET event_published = 1 WHERE id = ?", (orchestration_id,)
+            )
+
+    def outcomes(self, orchestration_id: str) -> Iterator[Success | Failure]:
+        self.get_orchestration(orchestration_id)  # raises UnknownOrchestration
+        cur = self._db.execute(
+            "SELECT job_id, idx, params, status, result, error, attempts FROM jobs"
+            " WHERE orchestration_id = ? AND status IN ('Completed', 'Errored', 'Cancelled')"
+            " ORDER BY idx",
+            (orchestration_id,),
+        )
+        for job_id, idx, params, status, result, error, attempts in cur:
+            if status == Status.COMPLETED.value:
+                yield Success(job_id, idx, json.loads(params), json.loads(result or "null"))
+            else:
+                info = (
+                    ErrorInfo.from_json(json.loads(error))
+                    if error and status == Status.ERRORED.value
+                    else ErrorInfo(type="Cancelled", message="the orchestration was cancelled")
+                )
+                yield Failure(job_id, idx, json.loads(params), info, attempts, Status(status))
+
+    # -- changes ------------------------------------------------------------------
+
+    def change_token(self) -> int:
+        """SQLite's data_version moves whenever another connection commits."""
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def wait_for_change(self, token: int, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        pause = 0.002
+        while True:
+            current = self.change_token()
+            if current != token or time.monotonic() >= deadline:
+                return current
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.02)

@@ -1,0 +1,208 @@
+"""`jobfleet`: kick off, follow and collect jobs from a shell.
+
+Exit status: 0 every instance succeeded, 1 some instance errored or was cancelled,
+2 bad usage or bad input (nothing was created). `--json` output is stable and
+documented in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from jobfleet.cli import render
+from jobfleet.cli.params_file import read_params
+from jobfleet.core.models import Status
+from jobfleet.errors import InvalidOption, JobfleetError
+from jobfleet.fleet import JobFleet, Orchestration
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobfleet", description="Parallel background jobs: fan out, track, collect."
+    )
+    parser.add_argument("--home", help="local backend state folder (default: JOBFLEET_HOME)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("demo", help="run the demo fan-out on the local backend")
+
+    run = sub.add_parser("run", help="kick off a job over a file of parameter sets")
+    run.add_argument("job", help="registered job name")
+    run.add_argument("--params", required=True, metavar="FILE|-", help="JSON list or JSON Lines")
+    run.add_argument("--jobs-module", action="append", default=[], metavar="M",
+                     help="module (or .py file) declaring the job; repeatable")
+    run.add_argument("--parallelism", type=int, metavar="N")
+    run.add_argument("--tag", action="append", default=[], metavar="K=V")
+    run.add_argument("--retries", type=int, metavar="N")
+    run.add_argument("--timeout", type=float, metavar="S", help="seconds per attempt")
+    run.add_argument("--no-wait", action="store_true", help="print the id and return at once")
+    run.add_argument("--json", action="store_true")
+
+    for name, text in (("status", "an orchestration's state and counts"),
+                       ("watch", "follow an orchestration until it ends"),
+                       ("cancel", "cancel an orchestration's unfinished instances")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("id", metavar="ID")
+        cmd.add_argument("--json", action="store_true")
+
+    history = sub.add_parser("list", help="orchestrations, newest first")
+    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--job", help="only this job name")
+    history.add_argument("--status", choices=[s.value for s in Status if s is not Status.PENDING])
+    history.add_argument("--json", action="store_true")
+
+    results = sub.add_parser("results", help="successes and failures with their params")
+    results.add_argument("id", metavar="ID")
+    which = results.add_mutually_exclusive_group()
+    which.add_argument("--failed", action="store_true")
+    which.add_argument("--succeeded", action="store_true")
+    results.add_argument("--json", action="store_true")
+
+    events = sub.add_parser("events", help="JobCompletedEvents, oldest first")
+    events.add_argument("--follow", action="store_true", help="keep printing new events")
+    events.add_argument("--json", action="store_true", help="one event object a line")
+
+    sub.add_parser("worker", help="run one task's share (the container entrypoint)")
+    return parser
+
+
+def _exit_code(status: Status) -> int:
+    return EXIT_OK if status is Status.COMPLETED or status is Status.IN_PROGRESS else EXIT_FAILED
+
+
+def _tags(pairs: Sequence[str]) -> dict[str, str]:
+    tags = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidOption(f"--tag takes KEY=VALUE, got {pair!r}")
+        tags[key] = value
+    return tags
+
+
+def _follow(orchestration: Orchestration, quiet: bool) -> int:
+    if quiet:
+        snap = orchestration.wait()
+    else:
+        snap = render.progress(orchestration)
+    return _exit_code(snap.status)
+
+
+def cmd_run(fleet: JobFleet, args: argparse.Namespace) -> int:
+    params = read_params(args.params)
+    orchestration = fleet.kick_off(
+        args.job, params, parallelism=args.parallelism, tags=_tags(args.tag),
+        retries=args.retries, timeout=args.timeout,
+    )
+    if args.no_wait:
+        snap = orchestration.status()
+        render.snapshot(snap, args.json)
+        return EXIT_OK
+    if not args.json:
+        print(f"orchestration {orchestration.id}: {args.job} x {len(params)}", file=sys.stderr)
+    code = _follow(orchestration, quiet=args.json)
+    render.snapshot(orchestration.status(), args.json)
+    return code
+
+
+def cmd_demo(fleet: JobFleet, args: argparse.Namespace) -> int:
+    from jobfleet.demo import demo_params
+
+    params = demo_params()
+    print(f"jobfleet demo: process_batch over {len(params)} parameter sets on the local "
+          f"backend ({fleet.settings.home}); batch {len(params) // 2} is poisoned on purpose")
+    orchestration = fleet.kick_off("process_batch", params, tags={"source": "demo"})
+    render.progress(orchestration)
+    successes, failures = orchestration.results()
+    render.results(orchestration.status(), successes, failures, as_json=False)
+    expected = len(successes) == len(params) - 1 and failures is not None and len(failures) == 1
+    print("demo finished as expected: one failure, kept with its params" if expected
+          else "demo did NOT finish as expected")
+    return EXIT_OK if expected else EXIT_FAILED
+
+
+def cmd_results(fleet: JobFleet, args: argparse.Namespace) -> int:
+    orchestration = fleet.orchestration(args.id)
+    snap = orchestration.status()
+    if not snap.status.terminal:
+        print(f"orchestration {args.id} is {snap.status}; waiting for it", file=sys.stderr)
+    successes, failures = orchestration.results()
+    snap = orchestration.status()
+    render.results(
+        snap,
+        [] if args.failed else successes,
+        None if args.succeeded else failures,
+        as_json=args.json,
+    )
+    return _exit_code(snap.status)
+
+
+def cmd_events(fleet: JobFleet, args: argparse.Namespace) -> int:
+    stream = fleet.follow_events() if args.follow else fleet.events()
+    for _, event in stream:
+        render.event(event, args.json)
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+def dispatch(fleet: JobFleet, args: argparse.Namespace) -> int:
+    command: str = args.command
+    if command == "run":
+        return cmd_run(fleet, args)
+    if command == "demo":
+        return cmd_demo(fleet, args)
+    if command == "results":
+        return cmd_results(fleet, args)
+    if command == "events":
+        return cmd_events(fleet, args)
+    if command == "list":
+        status = Status(args.status) if args.status else None
+        render.history(fleet.history(limit=args.limit, job_name=args.job, status=status), args.json)
+        return EXIT_OK
+    orchestration = fleet.orchestration(args.id)
+    if command == "status":
+        snap = orchestration.status()
+    elif command == "watch":
+        return _follow(orchestration, quiet=False) if not args.json else _watch_json(orchestration)
+    else:
+        snap = orchestration.cancel()
+    render.snapshot(snap, args.json)
+    return _exit_code(snap.status) if command == "status" else EXIT_OK
+
+
+def _watch_json(orchestration: Orchestration) -> int:
+    snap = orchestration.status()
+    for snap in orchestration.watch():
+        print(json.dumps(snap.to_json()), flush=True)
+    return _exit_code(snap.status)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "worker":
+        from jobfleet.worker import main as worker_main
+
+        return worker_main()
+    jobs: list[Any] = getattr(args, "jobs_module", [])
+    try:
+        with JobFleet(home=args.home, jobs_modules=_jobs_modules(jobs)) as fleet:
+            return dispatch(fleet, args)
+    except JobfleetError as exc:
+        print(f"jobfleet: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("jobfleet: interrupted; the orchestration keeps running", file=sys.stderr)
+        return 130
+
+
+def _jobs_modules(extra: list[str]) -> list[str] | None:
+    if not extra:
+        return None
+    from jobfleet.config import Settings
+
+    return [*Settings.from_env().jobs_modules, *extra]

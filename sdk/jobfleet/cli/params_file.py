@@ -1,0 +1,54 @@
+"""Reading parameter sets from a file or stdin: a JSON list of objects, or JSON Lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from jobfleet.errors import InvalidParams
+
+
+def read_params(source: str) -> list[Any]:
+    if source == "-":
+        text = sys.stdin.read()
+        where = "standard input"
+    else:
+        try:
+            with open(source, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise InvalidParams(f"cannot read params file {source!r}: {exc.strerror}") from None
+        where = repr(source)
+    return parse_params(text, where)
+
+
+def parse_params(text: str, where: str = "params") -> list[Any]:
+    """Objects are checked against the job later; here only the shape is read."""
+    stripped = text.strip()
+    if not stripped:
+        raise InvalidParams(f"{where} is empty: give a JSON list of objects or JSON Lines")
+    if stripped.startswith("["):
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise InvalidParams(
+                f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from None
+        if not isinstance(data, list):
+            raise InvalidParams(f"{where} must be a JSON list of objects")
+        return data
+    items = []
+    for number, line in enumerate(stripped.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            items.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise InvalidParams(
+                f"{where} line {number} is not valid JSON ({exc.msg}); expected a JSON list "
+                "of objects or one JSON object per line"
+            ) from None
+    if len(items) == 1 and not isinstance(items[0], dict):
+        raise InvalidParams(f"{where} must be a JSON list of objects or JSON Lines")
+    return items

@@ -1,0 +1,66 @@
+"""Settings read from the environment; every one also has an explicit SDK argument."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobfleet.core.registry import split_modules
+from jobfleet.errors import ConfigurationError
+
+BACKENDS = ("local", "gcp")
+
+
+def default_home(env: Mapping[str, str]) -> Path:
+    data = env.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(data) / "jobfleet"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    backend: str = "local"
+    home: Path = field(default_factory=lambda: default_home(os.environ))
+    jobs_modules: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        backend: str | None = None,
+        home: str | Path | None = None,
+        jobs_modules: list[str] | None = None,
+    ) -> Settings:
+        env = os.environ if env is None else env
+        chosen = backend or env.get("JOBFLEET_BACKEND") or "local"
+        if chosen not in BACKENDS:
+            raise ConfigurationError(
+                f"unknown backend {chosen!r} (JOBFLEET_BACKEND); "
+                f"choose one of {', '.join(BACKENDS)}"
+            )
+        modules = jobs_modules if jobs_modules is not None else split_modules(
+            env.get("JOBFLEET_JOBS")
+        )
+        return cls(
+            backend=chosen,
+            home=Path(home or env.get("JOBFLEET_HOME") or default_home(env)).expanduser(),
+            jobs_modules=tuple(modules),
+        )
+
+    @property
+    def database(self) -> Path:
+        return self.home / "jobfleet.db"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    def environment(self) -> dict[str, str]:
+        """The settings as the variables a worker process reads."""
+        return {
+            "JOBFLEET_BACKEND": self.backend,
+            "JOBFLEET_HOME": str(self.home),
+            "JOBFLEET_JOBS": ",".join(self.jobs_modules),
+        }

@@ -1,0 +1,232 @@
+"""Domain records shared by the SDK, the worker, the backends and the edges."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+JsonObject = dict[str, Any]
+
+EVENT_NAMESPACE = uuid.UUID("5b0f6a8e-3c1d-4f7e-9a2b-6d4c8e1f0a37")
+
+
+class Status(StrEnum):
+    PENDING = "Pending"
+    IN_PROGRESS = "InProgress"
+    COMPLETED = "Completed"
+    ERRORED = "Errored"
+    CANCELLED = "Cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({Status.COMPLETED, Status.ERRORED, Status.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    type: str
+    message: str
+    traceback: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, traceback: str = "") -> ErrorInfo:
+        return cls(type=type(exc).__name__, message=str(exc), traceback=traceback)
+
+    def to_json(self) -> JsonObject:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: JsonObject) -> ErrorInfo:
+        return cls(type=data["type"], message=data["message"], traceback=data.get("traceback", ""))
+
+
+WORKER_LOST = "WorkerLost"
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """How the instances of one orchestration run: fixed at kick-off."""
+
+    retries: int
+    backoff: float
+    timeout: float | None
+    parallelism: int
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retries + 1
+
+    def task_count(self, total: int) -> int:
+        """One task per shard; never more tasks than instances."""
+        return max(1, min(self.parallelism, total))
+
+
+@dataclass(frozen=True, slots=True)
+class NewOrchestration:
+    id: str
+    job_name: str
+    options: RunOptions
+    tags: dict[str, str]
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewInstance:
+    job_id: str
+    index: int
+    shard: int
+    params: JsonObject
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    total: int
+    pending: int = 0
+    in_progress: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.succeeded + self.failed + self.cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class OrchestrationSnapshot:
+    """An orchestration as it stands at one moment: what `status()` returns."""
+
+    id: str
+    job_name: str
+    status: Status
+    counts: Counts
+    options: RunOptions
+    tags: dict[str, str]
+    created_at: float
+    finished_at: float | None = None
+    execution: str | None = None
+    event_published: bool = False
+
+    def to_json(self) -> JsonObject:
+        c = self.counts
+        return {
+            "orchestration_id": self.id,
+            "job_name": self.job_name,
+            "status": str(self.status),
+            "total": c.total,
+            "pending": c.pending,
+            "in_progress": c.in_progress,
+            "succeeded": c.succeeded,
+            "failed": c.failed,
+            "cancelled": c.cancelled,
+            "tags": dict(self.tags),
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedInstance:
+    """An instance a worker holds the lease of, for one attempt."""
+
+    job_id: str
+    index: int
+    params: JsonObject
+    attempts: int
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt came to; the store applies it only while `owner` still holds the lease."""
+
+    job_id: str
+    index: int
+    owner: str
+    status: Status  # Completed, Errored, or Pending (to be retried at `not_before`)
+    result: Any = None
+    error: ErrorInfo | None = None
+    not_before: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    job_id: str
+    index: int
+    params: JsonObject
+    result: Any
+
+    def to_json(self) -> JsonObject:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    job_id: str
+    index: int
+    params: JsonObject
+    error: ErrorInfo
+    attempts: int
+    status: Status = Status.ERRORED
+
+    def to_json(self) -> JsonObject:
+        return {
+            "job_id": self.job_id,
+            "index": self.index,
+            "params": self.params,
+            "error": self.error.to_json(),
+            "attempts": self.attempts,
+            "status": str(self.status),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class JobCompletedEvent:
+    """Announced once per orchestration when every instance is terminal."""
+
+    event_id: str
+    orchestration_id: str
+    job_name: str
+    status: Status
+    total: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    tags: dict[str, str] = field(default_factory=dict)
+    created_at: float = 0.0
+    finished_at: float = 0.0
+
+    @staticmethod
+    def event_id_for(orchestration_id: str) -> str:
+        """Deterministic, so that subscribers can drop a redelivered event."""
+        return str(uuid.uuid5(EVENT_NAMESPACE, f"completed:{orchestration_id}"))
+
+    @classmethod
+    def for_orchestration(cls, snap: OrchestrationSnapshot) -> JobCompletedEvent:
+        return cls(
+            event_id=cls.event_id_for(snap.id),
+            orchestration_id=snap.id,
+            job_name=snap.job_name,
+            status=snap.status,
+            total=snap.counts.total,
+            succeeded=snap.counts.succeeded,
+            failed=snap.counts.failed,
+            cancelled=snap.counts.cancelled,
+            tags=dict(snap.tags),
+            created_at=snap.created_at,
+            finished_at=snap.finished_at or 0.0,
+        )
+
+    def to_json(self) -> JsonObject:
+        data = asdict(self)
+        data["status"] = str(self.status)
+        return data
+
+    @classmethod
+    def from_json(cls, data: JsonObject) -> JobCompletedEvent:
+        return cls(**{**data, "status": Status(data["status"])})

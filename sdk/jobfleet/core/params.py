@@ -1,0 +1,78 @@
+"""Checking parameter sets before anything is created, and streaming them in batches."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from jobfleet.core.models import JsonObject, NewInstance
+from jobfleet.core.registry import JobDefinition
+from jobfleet.errors import InvalidParams
+
+BATCH_SIZE = 500
+
+
+def _pydantic_model(definition: JobDefinition) -> Any:
+    """The job's pydantic params model, without importing pydantic for jobs that have none."""
+    pydantic = sys.modules.get("pydantic")
+    tp = definition.params_type
+    if pydantic is None or not isinstance(tp, type):
+        return None
+    return tp if issubclass(tp, pydantic.BaseModel) else None
+
+
+def check(definition: JobDefinition, index: int, params: Any) -> JsonObject:
+    """Refuse a parameter set that is not a JSON object or that fails the job's schema."""
+    if not isinstance(params, dict):
+        raise InvalidParams(
+            f"expected a JSON object, got {type(params).__name__} {_short(params)}", index
+        )
+    model = _pydantic_model(definition)
+    if model is not None:
+        from pydantic import ValidationError
+
+        try:
+            model.model_validate(params)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise InvalidParams(f"does not fit {model.__name__}: {problems}", index) from None
+    try:
+        json.dumps(params)
+    except (TypeError, ValueError) as exc:
+        raise InvalidParams(f"is not JSON-serialisable: {exc}", index) from None
+    return params
+
+
+def to_argument(definition: JobDefinition, params: JsonObject) -> Any:
+    """What the job receives: its pydantic model when it declares one, else the dict."""
+    model = _pydantic_model(definition)
+    return model.model_validate(params) if model is not None else params
+
+
+def instance_batches(
+    definition: JobDefinition, params: Iterable[Any], shards: int, size: int = BATCH_SIZE
+) -> Iterator[list[NewInstance]]:
+    """Check and number parameter sets lazily; a bad one raises mid-stream.
+
+    Instance i belongs to shard i % shards, the share of task i % shards.
+    """
+    batch: list[NewInstance] = []
+    for index, item in enumerate(params):
+        checked = check(definition, index, item)
+        batch.append(NewInstance(str(uuid.uuid4()), index, index % shards, checked))
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

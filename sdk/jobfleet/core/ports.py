@@ -1,0 +1,122 @@
+"""The ports every backend implements, stated in job operations.
+
+`Store` holds state, `Launcher` provides compute, `EventBus` carries completion
+events. The local backend (SQLite, processes, an event log) and the Google Cloud
+backend (Firestore, Cloud Run Jobs, Pub/Sub) both implement them, and one contract
+test suite runs against every Store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
+
+from jobfleet.core.models import (
+    ClaimedInstance,
+    ErrorInfo,
+    Failure,
+    JobCompletedEvent,
+    NewInstance,
+    NewOrchestration,
+    OrchestrationSnapshot,
+    Outcome,
+    Status,
+    Success,
+)
+
+
+class Store(Protocol):
+    def create_orchestration(
+        self, orchestration: NewOrchestration, batches: Iterable[Sequence[NewInstance]]
+    ) -> int:
+        """Write the orchestration and all its instances, or nothing at all; returns the total.
+
+        `batches` is consumed lazily; an exception raised while iterating it (a bad
+        parameter set) must leave no trace of the orchestration.
+        """
+
+    def get_orchestration(self, orchestration_id: str) -> OrchestrationSnapshot:
+        """Raises UnknownOrchestration."""
+
+    def list_orchestrations(
+        self, *, limit: int = 50, job_name: str | None = None, status: Status | None = None
+    ) -> list[OrchestrationSnapshot]:
+        """Newest first."""
+
+    def set_execution(self, orchestration_id: str, execution: str) -> None:
+        """Record where the orchestration runs (a Cloud Run execution, a local process)."""
+
+    def claim(
+        self,
+        orchestration_id: str,
+        shard: int,
+        owner: str,
+        *,
+        limit: int,
+        now: float,
+        lease: float,
+        job_id: str | None = None,
+    ) -> list[ClaimedInstance]:
+        """Move up to `limit` ready Pending instances of `shard` (or just `job_id`) to
+        InProgress for `owner`, counting an attempt for each."""
+
+    def heartbeat(self, owner: str, *, now: float, lease: float) -> int:
+        """Extend the lease of every instance `owner` holds; returns how many."""
+
+    def stale_claims(
+        self, orchestration_id: str, *, now: float, shard: int | None = None
+    ) -> list[ClaimedInstance]:
+        """InProgress instances whose lease expired, and with `shard`, every InProgress
+        instance of that shard (a task attempt starting means the previous one is gone)."""
+
+    def record_outcomes(self, orchestration_id: str, outcomes: Sequence[Outcome]) -> int:
+        """Apply outcomes whose owner still holds the lease; returns how many applied."""
+
+    def give_up(
+        self, orchestration_id: str, shard: int, error: ErrorInfo, *, now: float
+    ) -> int:
+        """Mark every unfinished instance of `shard` Errored: its task is out of attempts."""
+
+    def unfinished(self, orchestration_id: str, shard: int | None = None) -> int:
+        """How many instances (of `shard`, or of all) are not yet terminal."""
+
+    def next_ready_at(self, orchestration_id: str, shard: int) -> float | None:
+        """When the earliest Pending instance of `shard` may run (a retry's backoff)."""
+
+    def cancel(self, orchestration_id: str, *, now: float) -> bool:
+        """Cancel every unfinished instance and the orchestration; False if it had ended."""
+
+    def finish_orchestration(self, orchestration_id: str, status: Status, now: float) -> bool:
+        """Flip InProgress to `status`; True for the one caller that made the flip."""
+
+    def mark_event_published(self, orchestration_id: str) -> None: ...
+
+    def outcomes(self, orchestration_id: str) -> Iterator[Success | Failure]:
+        """Every terminal instance, as a Success or a Failure with its original params."""
+
+    def change_token(self) -> int:
+        """An opaque value that differs after any write by any process."""
+
+    def wait_for_change(self, token: int, timeout: float) -> int:
+        """Block until the change token differs from `token` (or timeout); return it."""
+
+    def close(self) -> None: ...
+
+
+class Launcher(Protocol):
+    def launch(self, orchestration: NewOrchestration, task_count: int, jobs: list[str]) -> str:
+        """Start `task_count` workers for an orchestration; returns an execution name.
+
+        `jobs` names the modules (or script files) that workers import to find the job.
+        """
+
+    def cancel(self, execution: str) -> None:
+        """Stop the workers of an execution."""
+
+
+class EventBus(Protocol):
+    def publish(self, event: JobCompletedEvent) -> None:
+        """Deliver the event; publishing the same event id twice must be harmless."""
+
+    def events(self, *, after: int = 0) -> Iterator[tuple[int, JobCompletedEvent]]:
+        """Events published so far, after cursor `after`, with their cursors."""

@@ -1,0 +1,144 @@
+"""Declaring jobs with `@job` and finding them by name.
+
+A module fills the registry when it is imported, before any JobFleet exists, so
+the worker and the SDK find the same jobs by importing the same modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import runpy
+import sys
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from jobfleet.errors import ConfigurationError, UnknownJob
+
+T = TypeVar("T")
+
+DEFAULT_RETRIES = 2
+DEFAULT_BACKOFF = 1.0
+
+
+@dataclass(slots=True)
+class JobDefinition:
+    name: str
+    target: Any  # the decorated class or function
+    retries: int = DEFAULT_RETRIES
+    backoff: float = DEFAULT_BACKOFF
+    timeout: float | None = None
+    source: str = ""  # module name, or a file path for a script's jobs
+    _params_type: Any = field(default=None, repr=False)
+    _resolved: bool = field(default=False, repr=False)
+
+    @property
+    def function(self) -> Callable[..., Any]:
+        """The callable an attempt runs: `run` of a fresh instance, or the function."""
+        if inspect.isclass(self.target):
+            return typing.cast(Callable[..., Any], self.target().run)
+        return typing.cast(Callable[..., Any], self.target)
+
+    @property
+    def _declared(self) -> Callable[..., Any]:
+        """The function as written (unbound `run` for a class), for introspection."""
+        target: Any = self.target
+        return typing.cast(Callable[..., Any], target.run if inspect.isclass(target) else target)
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self._declared)
+
+    @property
+    def params_type(self) -> Any:
+        """The annotation of the params argument, resolved lazily (it may be a string)."""
+        if not self._resolved:
+            fn = self._declared
+            try:
+                hints = typing.get_type_hints(fn)
+            except Exception:
+                hints = {}
+            names = [p for p in inspect.signature(fn).parameters if p != "self"]
+            self._params_type = hints.get(names[0]) if names else None
+            self._resolved = True
+        return self._params_type
+
+
+_REGISTRY: dict[str, JobDefinition] = {}
+
+
+def job(
+    name: str,
+    *,
+    retries: int = DEFAULT_RETRIES,
+    backoff: float = DEFAULT_BACKOFF,
+    timeout: float | None = None,
+) -> Callable[[T], T]:
+    """Register a class with a `run(self, params)` method, or a function of `params`."""
+    if not name or not isinstance(name, str):
+        raise ValueError("a job needs a non-empty string name")
+    if retries < 0 or backoff < 0 or (timeout is not None and timeout <= 0):
+        raise ValueError("retries and backoff must be >= 0 and timeout > 0")
+
+    def register(target: T) -> T:
+        if inspect.isclass(target) and not callable(getattr(target, "run", None)):
+            raise TypeError(f"job class {target.__name__} needs a run(self, params) method")
+        if not inspect.isclass(target) and not callable(target):
+            raise TypeError("@job decorates a class or a function")
+        module = getattr(target, "__module__", "")
+        source = module
+        if module == "__main__":
+            source = os.path.abspath(getattr(sys.modules["__main__"], "__file__", "") or "")
+        _REGISTRY[name] = JobDefinition(
+            name=name, target=target, retries=retries, backoff=backoff, timeout=timeout,
+            source=source,
+        )
+        return target
+
+    return register
+
+
+def get_job(name: str) -> JobDefinition:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownJob(name, list(_REGISTRY)) from None
+
+
+def known_jobs() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def job_sources(names: Iterable[str]) -> list[str]:
+    return [_REGISTRY[n].source for n in names if n in _REGISTRY and _REGISTRY[n].source]
+
+
+def import_jobs(modules: Iterable[str]) -> None:
+    """Import modules (or run script files, as `__jobfleet_main__`) so their jobs register.
+
+    The working folder is importable, as it is for `python -m`, so `--jobs-module
+    myjobs` finds ./myjobs.py from the console script too.
+    """
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    for raw in modules:
+        spec = raw.strip()
+        if not spec:
+            continue
+        try:
+            if spec.endswith(".py"):
+                spec = os.path.abspath(spec)
+                if any(d.source == spec for d in _REGISTRY.values()):
+                    continue
+                runpy.run_path(spec, run_name="__jobfleet_main__")
+            else:
+                importlib.import_module(spec)
+        except (ImportError, OSError) as exc:
+            raise ConfigurationError(f"cannot import jobs module {spec!r}: {exc}") from exc
+
+
+def split_modules(value: str | None) -> list[str]:
+    return [m.strip() for m in (value or "").split(",") if m.strip()]

@@ -1,0 +1,57 @@
+"""The errors jobfleet raises. Each message says what went wrong and what to do next."""
+
+from __future__ import annotations
+
+
+class JobfleetError(Exception):
+    """Base of every error jobfleet raises on purpose."""
+
+
+class UnknownJob(JobfleetError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        listed = ", ".join(sorted(known)) or "none registered"
+        super().__init__(
+            f"unknown job {name!r}; known jobs: {listed}. "
+            "Import the module that declares it with JOBFLEET_JOBS or --jobs-module."
+        )
+        self.name = name
+
+
+class InvalidParams(JobfleetError):
+    """A parameter set was refused before anything was created."""
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        where = f"parameter set {index}: " if index is not None else ""
+        super().__init__(f"{where}{message}")
+        self.index = index
+
+
+class InvalidOption(JobfleetError, ValueError):
+    """A kick-off option (parallelism, retries, timeout, tags) is out of range."""
+
+
+class UnknownOrchestration(JobfleetError):
+    def __init__(self, orchestration_id: str) -> None:
+        super().__init__(
+            f"no orchestration {orchestration_id!r}; `jobfleet list` shows the known ones"
+        )
+        self.orchestration_id = orchestration_id
+
+
+class ConfigurationError(JobfleetError):
+    """A setting is missing or wrong."""
+
+
+class WaitTimeout(JobfleetError, TimeoutError):
+    def __init__(self, orchestration_id: str, timeout: float) -> None:
+        super().__init__(
+            f"orchestration {orchestration_id} did not finish within {timeout:g}s; "
+            "it keeps running: wait again or cancel it"
+        )
+
+
+class JobTimeout(JobfleetError, TimeoutError):
+    """Raised inside a job attempt that ran past its timeout."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"attempt exceeded its timeout of {timeout:g}s")

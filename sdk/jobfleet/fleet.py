@@ -1,0 +1,188 @@
+"""The SDK: `JobFleet.kick_off` and the `Orchestration` handle it returns."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from jobfleet.backends import Backend, open_backend
+from jobfleet.config import Settings
+from jobfleet.core import params as param_sets
+from jobfleet.core.completion import settle
+from jobfleet.core.models import (
+    JobCompletedEvent,
+    NewOrchestration,
+    OrchestrationSnapshot,
+    RunOptions,
+    Status,
+)
+from jobfleet.core.registry import get_job, import_jobs, job_sources
+from jobfleet.core.results import Results, partition
+from jobfleet.errors import InvalidOption, WaitTimeout
+
+WATCH_SLICE_SECONDS = 1.0
+
+
+class Orchestration:
+    """A handle on one fan-out: follow it, wait for it, collect it, cancel it."""
+
+    def __init__(self, fleet: JobFleet, orchestration_id: str) -> None:
+        self.fleet = fleet
+        self.id = orchestration_id
+
+    def __repr__(self) -> str:
+        return f"Orchestration({self.id!r})"
+
+    def status(self) -> OrchestrationSnapshot:
+        return self.fleet.backend.store.get_orchestration(self.id)
+
+    def watch(self, timeout: float | None = None) -> Iterator[OrchestrationSnapshot]:
+        """Yield the current state, then each change as the store reports it, ending
+        with the terminal state."""
+        store = self.fleet.backend.store
+        deadline = None if timeout is None else time.monotonic() + timeout
+        token = store.change_token()
+        snap = self.status()
+        yield snap
+        while not (snap.status.terminal and snap.event_published):
+            left = WATCH_SLICE_SECONDS if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(self.id, timeout or 0.0)
+            token = store.wait_for_change(token, min(left, WATCH_SLICE_SECONDS))
+            current = self.status()
+            if current != snap:
+                snap = current
+                yield snap
+
+    def wait(self, timeout: float | None = None) -> OrchestrationSnapshot:
+        """Block until every instance is terminal and the completion event is out."""
+        *_, last = self.watch(timeout)
+        return last
+
+    def results(self, timeout: float | None = None) -> Results:
+        """Wait, then `(successes, failures)`; `failures` is None when all succeeded."""
+        self.wait(timeout)
+        return partition(self.fleet.backend.store.outcomes(self.id))
+
+    def cancel(self) -> OrchestrationSnapshot:
+        """Stop unfinished instances (they end Cancelled) and announce the end."""
+        backend = self.fleet.backend
+        if backend.store.cancel(self.id, now=time.time()):
+            execution = backend.store.get_orchestration(self.id).execution
+            if execution:
+                backend.launcher.cancel(execution)
+        return settle(backend.store, backend.bus, self.id)
+
+    async def wait_async(self, timeout: float | None = None) -> OrchestrationSnapshot:
+        return await asyncio.to_thread(self.fleet.orchestration(self.id).wait, timeout)
+
+    async def results_async(self, timeout: float | None = None) -> Results:
+        return await asyncio.to_thread(self.fleet.orchestration(self.id).results, timeout)
+
+
+class JobFleet:
+    """Entry point of the SDK. Settings default to the environment (DESIGN.md)."""
+
+    def __init__(
+        self,
+        backend: str | None = None,
+        *,
+        home: str | Path | None = None,
+        jobs_modules: list[str] | None = None,
+    ) -> None:
+        self.settings = Settings.from_env(backend=backend, home=home, jobs_modules=jobs_modules)
+        import_jobs(self.settings.jobs_modules)
+        self.backend: Backend = open_backend(self.settings)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> JobFleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def kick_off(
+        self,
+        job_name: str,
+        params: Iterable[Any],
+        *,
+        parallelism: int | None = None,
+        tags: dict[str, str] | None = None,
+        retries: int | None = None,
+        timeout: float | None = None,
+    ) -> Orchestration:
+        """Create one instance per parameter set and start the workers.
+
+        Every parameter set is checked while it streams into the store in batches;
+        a bad one raises InvalidParams naming its index, and nothing is created.
+        """
+        definition = get_job(job_name)
+        options = RunOptions(
+            retries=definition.retries if retries is None else retries,
+            backoff=definition.backoff,
+            timeout=definition.timeout if timeout is None else timeout,
+            parallelism=self.backend.default_parallelism if parallelism is None else parallelism,
+        )
+        _check_options(options, tags or {})
+        new = NewOrchestration(
+            id=str(uuid.uuid4()),
+            job_name=job_name,
+            options=options,
+            tags=dict(tags or {}),
+            created_at=time.time(),
+        )
+        batches = param_sets.instance_batches(definition, params, shards=options.parallelism)
+        total = self.backend.store.create_orchestration(new, batches)
+        execution = self.backend.launcher.launch(
+            new, options.task_count(total), job_sources([job_name])
+        )
+        self.backend.store.set_execution(new.id, execution)
+        return Orchestration(self, new.id)
+
+    async def kick_off_async(
+        self, job_name: str, params: Iterable[Any], **options: Any
+    ) -> Orchestration:
+        return await asyncio.to_thread(self.kick_off, job_name, params, **options)
+
+    def orchestration(self, orchestration_id: str) -> Orchestration:
+        """A handle on an existing orchestration; raises UnknownOrchestration."""
+        self.backend.store.get_orchestration(orchestration_id)
+        return Orchestration(self, orchestration_id)
+
+    def history(
+        self, *, limit: int = 50, job_name: str | None = None, status: Status | None = None
+    ) -> list[OrchestrationSnapshot]:
+        return self.backend.store.list_orchestrations(limit=limit, job_name=job_name, status=status)
+
+    def events(self, *, after: int = 0) -> Iterator[tuple[int, JobCompletedEvent]]:
+        return self.backend.bus.events(after=after)
+
+    def follow_events(self, *, after: int = 0) -> Iterator[tuple[int, JobCompletedEvent]]:
+        """Every event after `after`, then each new one as it is published; never ends."""
+        store = self.backend.store
+        token = store.change_token()
+        while True:
+            for cursor, event in self.backend.bus.events(after=after):
+                after = cursor
+                yield cursor, event
+            token = store.wait_for_change(token, WATCH_SLICE_SECONDS)
+
+
+def _check_options(options: RunOptions, tags: dict[str, str]) -> None:
+    if not isinstance(options.parallelism, int) or options.parallelism < 1:
+        raise InvalidOption(f"parallelism must be a whole number >= 1, got {options.parallelism!r}")
+    if not isinstance(options.retries, int) or options.retries < 0:
+        raise InvalidOption(f"retries must be a whole number >= 0, got {options.retries!r}")
+    if options.timeout is not None and not options.timeout > 0:
+        raise InvalidOption(f"timeout must be > 0 seconds, got {options.timeout!r}")
+    for key, value in tags.items():
+        if not isinstance(key, str) or not key or key.startswith("goog"):
+            raise InvalidOption(f"tag key {key!r} must be a non-empty string not starting 'goog'")
+        if not isinstance(value, str):
+            raise InvalidOption(f"tag {key!r} must have a string value, got {value!r}")

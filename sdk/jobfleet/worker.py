@@ -1,0 +1,264 @@
+"""The worker: `jobfleet worker`, the same entrypoint locally and in a Cloud Run task.
+
+A worker runs its share (shard) of an orchestration's instances: it claims ready
+instances in small batches, runs each attempt with a timeout, records the
+outcomes, and settles the orchestration after each batch. A failing instance is
+recorded (and retried after a backoff), never crashed on; a heartbeat thread
+keeps the leases of what it holds alive so that a lost worker is noticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from jobfleet.backends import open_backend, open_store
+from jobfleet.config import Settings
+from jobfleet.core.completion import settle
+from jobfleet.core.models import ClaimedInstance, ErrorInfo, Outcome, Status
+from jobfleet.core.params import to_argument
+from jobfleet.core.ports import EventBus, Store
+from jobfleet.core.registry import JobDefinition, get_job, import_jobs
+from jobfleet.core.retry import RetryPolicy
+from jobfleet.errors import JobfleetError, JobTimeout
+
+LEASE_SECONDS = 30.0
+MAX_BATCH = 256
+BATCH_SECONDS = 0.05  # aim a claim at about this much work
+FLUSH_SECONDS = 0.1  # record outcomes at least this often while a batch runs
+IDLE_POLL_SECONDS = 1.0
+
+EXIT_OK = 0
+EXIT_CANNOT_WORK = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """What the environment contract (DESIGN.md) tells a worker to do."""
+
+    job_name: str
+    orchestration_id: str
+    task_index: int
+    task_count: int
+    task_attempt: int
+    job_id: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Assignment:
+        missing = [k for k in ("JOB_NAME", "ORCHESTRATION_ID") if not env.get(k)]
+        if missing:
+            raise JobfleetError(f"worker needs {' and '.join(missing)} in its environment")
+        return cls(
+            job_name=env["JOB_NAME"],
+            orchestration_id=env["ORCHESTRATION_ID"],
+            task_index=int(env.get("CLOUD_RUN_TASK_INDEX", "0")),
+            task_count=int(env.get("CLOUD_RUN_TASK_COUNT", "1")),
+            task_attempt=int(env.get("CLOUD_RUN_TASK_ATTEMPT", "0")),
+            job_id=env.get("JOB_ID") or None,
+        )
+
+    @property
+    def owner(self) -> str:
+        host = os.environ.get("HOSTNAME", "local")
+        return (
+            f"{self.orchestration_id}/task-{self.task_index}/attempt-{self.task_attempt}"
+            f"/{host}/{os.getpid()}"
+        )
+
+
+class AttemptRunner:
+    """Runs one attempt of a job, sync or async, under the attempt timeout."""
+
+    def __init__(self, definition: JobDefinition, timeout: float | None) -> None:
+        self.definition = definition
+        self.timeout = timeout
+        self._loop = asyncio.Runner() if definition.is_async else None
+
+    def run(self, params: dict[str, Any]) -> Any:
+        fn = self.definition.function
+        argument = to_argument(self.definition, params)
+        if self._loop is not None:
+            return self._loop.run(asyncio.wait_for(fn(argument), self.timeout))
+        if self.timeout is None:
+            return fn(argument)
+        return _with_alarm(self.timeout, lambda: fn(argument))
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.close()
+
+
+def _with_alarm(timeout: float, call: Any) -> Any:
+    """Interrupt a sync attempt that overruns: SIGALRM raises JobTimeout inside it."""
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise JobTimeout(timeout)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        return call()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _as_json(result: Any) -> Any:
+    dump = getattr(result, "model_dump", None)
+    if callable(dump):
+        result = dump(mode="json")
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"the job's result is not JSON-serialisable: {exc}") from None
+    return result
+
+
+class Heartbeat(threading.Thread):
+    """Extends the worker's leases on a connection of its own."""
+
+    def __init__(self, store: Store, owner: str, lease: float) -> None:
+        super().__init__(name="jobfleet-heartbeat", daemon=True)
+        self.store, self.owner, self.lease = store, owner, lease
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.lease / 3):
+            try:
+                self.store.heartbeat(self.owner, now=time.time(), lease=self.lease)
+            except Exception as exc:  # a missed beat is retried; expiry is the backstop
+                print(f"jobfleet worker: heartbeat failed: {exc}", file=sys.stderr)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
+        self.store.close()
+
+
+class Worker:
+    def __init__(
+        self,
+        assignment: Assignment,
+        definition: JobDefinition,
+        store: Store,
+        bus: EventBus,
+        *,
+        lease: float = LEASE_SECONDS,
+    ) -> None:
+        self.a = assignment
+        self.definition = definition
+        self.store, self.bus, self.lease = store, bus, lease
+        self.owner = assignment.owner
+        snap = store.get_orchestration(assignment.orchestration_id)
+        self.policy = RetryPolicy.of(snap.options)
+        self.runner = AttemptRunner(definition, snap.options.timeout)
+
+    def run(self) -> None:
+        self.recover_previous_attempt()
+        if self.a.job_id is not None:
+            self.run_one(self.a.job_id)
+            return
+        batch = 1
+        pending: list[Outcome] = []
+        while True:
+            now = time.time()
+            claimed = self.store.claim(
+                self.a.orchestration_id, self.a.task_index, self.owner,
+                limit=batch, now=now, lease=self.lease,
+            )
+            if not claimed:
+                if not self.wait_for_ready_work():
+                    break
+                continue
+            started = last_flush = time.monotonic()
+            for claim in claimed:
+                pending.append(self.attempt(claim))
+                if time.monotonic() - last_flush >= FLUSH_SECONDS:
+                    self.record(pending)
+                    pending, last_flush = [], time.monotonic()
+            self.record(pending)
+            pending = []
+            per_item = (time.monotonic() - started) / len(claimed)
+            batch = max(1, min(MAX_BATCH, batch * 4, int(BATCH_SECONDS / max(per_item, 1e-6))))
+        self.runner.close()
+
+    def attempt(self, claim: ClaimedInstance) -> Outcome:
+        try:
+            result = _as_json(self.runner.run(claim.params))
+        except Exception as exc:
+            error = ErrorInfo.from_exception(exc, traceback.format_exc())
+            return self.policy.after_failure(claim, error, time.time())
+        return Outcome(claim.job_id, claim.index, claim.owner, Status.COMPLETED, result=result)
+
+    def record(self, outcomes: list[Outcome]) -> None:
+        if outcomes:
+            self.store.record_outcomes(self.a.orchestration_id, outcomes)
+            settle(self.store, self.bus, self.a.orchestration_id)
+
+    def recover_previous_attempt(self) -> None:
+        """A retried task takes back what its dead predecessor held (Cloud Run runs one
+        attempt of a task at a time, so anything InProgress in this shard is orphaned)."""
+        if self.a.task_attempt == 0:
+            return
+        now = time.time()
+        stale = self.store.stale_claims(
+            self.a.orchestration_id, now=now, shard=self.a.task_index
+        )
+        why = f"task {self.a.task_index} attempt {self.a.task_attempt - 1} was lost"
+        self.record([self.policy.after_worker_lost(c, now, why) for c in stale])
+
+    def wait_for_ready_work(self) -> bool:
+        """Sleep until the next retry is due; False when this share has nothing left."""
+        oid, shard = self.a.orchestration_id, self.a.task_index
+        if self.store.unfinished(oid, shard) == 0:
+            return False
+        ready = self.store.next_ready_at(oid, shard)
+        delay = IDLE_POLL_SECONDS if ready is None else ready - time.time()
+        time.sleep(min(IDLE_POLL_SECONDS, max(0.0, delay)))
+        return True
+
+    def run_one(self, job_id: str) -> None:
+        """JOB_ID mode: every attempt of exactly one instance, waiting out its backoff."""
+        while claimed := self.store.claim(
+            self.a.orchestration_id, self.a.task_index, self.owner,
+            limit=1, now=time.time(), lease=self.lease, job_id=job_id,
+        ):
+            outcome = self.attempt(claimed[0])
+            self.record([outcome])
+            if outcome.status is not Status.PENDING:
+                break
+            time.sleep(max(0.0, outcome.not_before - time.time()))
+        self.runner.close()
+
+
+def main(env: Mapping[str, str] | None = None) -> int:
+    """Exit 0 when the share is done (failed instances are recorded, not crashed on);
+    non-zero only when the worker could not do its work at all."""
+    env = os.environ if env is None else env
+    try:
+        assignment = Assignment.from_env(env)
+        settings = Settings.from_env(env)
+        import_jobs(settings.jobs_modules)
+        definition = get_job(assignment.job_name)
+        backend = open_backend(settings)
+    except JobfleetError as exc:
+        print(f"jobfleet worker: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_WORK
+    heartbeat = Heartbeat(open_store(settings), assignment.owner, LEASE_SECONDS)
+    heartbeat.start()
+    try:
+        Worker(assignment, definition, backend.store, backend.bus).run()
+    finally:
+        heartbeat.stop()
+        backend.close()
+    return EXIT_OK
