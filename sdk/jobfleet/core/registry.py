@@ -38,15 +38,16 @@ class JobDefinition:
     @property
     def function(self) -> Callable[..., Any]:
         """The callable an attempt runs: `run` of a fresh instance, or the function."""
-        if inspect.isclass(self.target):
-            return typing.cast(Callable[..., Any], self.target().run)
-        return typing.cast(Callable[..., Any], self.target)
+        target: Any = self.target
+        fn = getattr(target(), "run") if inspect.isclass(target) else target  # noqa: B009
+        return typing.cast(Callable[..., Any], fn)
 
     @property
     def _declared(self) -> Callable[..., Any]:
         """The function as written (unbound `run` for a class), for introspection."""
         target: Any = self.target
-        return typing.cast(Callable[..., Any], target.run if inspect.isclass(target) else target)
+        fn = getattr(target, "run") if inspect.isclass(target) else target  # noqa: B009
+        return typing.cast(Callable[..., Any], fn)
 
     @property
     def is_async(self) -> bool:
