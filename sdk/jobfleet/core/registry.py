@@ -69,6 +69,8 @@ class JobDefinition:
 
 
 _REGISTRY: dict[str, JobDefinition] = {}
+_SCRIPT_RUN_NAME = "__jobfleet_main__"
+_loading_script: list[str] = []  # the script file import_jobs is running, if any
 
 
 def job(
@@ -93,6 +95,8 @@ def job(
         source = module
         if module == "__main__":
             source = os.path.abspath(getattr(sys.modules["__main__"], "__file__", "") or "")
+        elif module == _SCRIPT_RUN_NAME and _loading_script:
+            source = _loading_script[-1]
         _REGISTRY[name] = JobDefinition(
             name=name, target=target, retries=retries, backoff=backoff, timeout=timeout,
             source=source,
@@ -134,7 +138,11 @@ def import_jobs(modules: Iterable[str]) -> None:
                 spec = os.path.abspath(spec)
                 if any(d.source == spec for d in _REGISTRY.values()):
                     continue
-                runpy.run_path(spec, run_name="__jobfleet_main__")
+                _loading_script.append(spec)
+                try:
+                    runpy.run_path(spec, run_name=_SCRIPT_RUN_NAME)
+                finally:
+                    _loading_script.pop()
             else:
                 importlib.import_module(spec)
         except (ImportError, OSError) as exc:

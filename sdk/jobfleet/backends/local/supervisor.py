@@ -21,8 +21,9 @@ from jobfleet.config import Settings
 from jobfleet.core.completion import settle
 from jobfleet.core.models import WORKER_LOST, ErrorInfo, Status
 from jobfleet.core.retry import RetryPolicy
+from jobfleet.worker import EXIT_CANNOT_WORK
 
-MAX_TASK_RETRIES = 3
+MAX_TASK_RETRIES = 3  # as Cloud Run's default; a worker that cannot start is not retried
 TICK_SECONDS = 0.05
 REAP_EVERY_SECONDS = 5.0
 
@@ -32,6 +33,7 @@ class Supervisor:
         self.orchestration_id = orchestration_id
         self.task_count = task_count
         self.backend = open_backend(settings)
+        self.log = settings.logs / f"{orchestration_id}.log"
         self.tasks: dict[int, subprocess.Popen[bytes]] = {}
         self.attempts: dict[int, int] = {}
 
@@ -74,10 +76,13 @@ class Supervisor:
             return
         if store.unfinished(oid, index) == 0:
             return
-        if self.attempts[index] < MAX_TASK_RETRIES:
+        if self.attempts[index] < MAX_TASK_RETRIES and code != EXIT_CANNOT_WORK:
             self.start(index)
             return
-        why = f"task {index} failed {self.attempts[index] + 1} times (last exit status {code})"
+        why = (
+            f"task {index} failed {self.attempts[index] + 1} times (last exit status {code});"
+            f" its output is in {self.log}"
+        )
         store.give_up(oid, index, ErrorInfo(type=WORKER_LOST, message=why), now=time.time())
         settle(store, self.backend.bus, oid)
 

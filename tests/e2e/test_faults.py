@@ -1,0 +1,95 @@
+"""Workers killed for real (SIGKILL) mid-job: every instance still ends terminal,
+and the orchestration is announced exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from jobfleet import JobFleet, Status
+
+pytestmark = pytest.mark.slow
+
+
+def kill_a_running_worker(
+    folder: Path, timeout: float = 30, spare: frozenset[int] = frozenset()
+) -> tuple[int, int]:
+    """SIGKILL a worker process (not one in `spare`) running some instance; returns
+    (instance index, pid)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for marker in folder.glob("running-*"):
+            pid = int(marker.read_text() or 0)
+            if pid and pid not in spare:
+                os.kill(pid, signal.SIGKILL)
+                return int(marker.name.removeprefix("running-")), pid
+        time.sleep(0.01)
+    raise AssertionError("no instance started running")
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+def events_for(fleet: JobFleet, orchestration_id: str) -> list[Status]:
+    return [e.status for _, e in fleet.events() if e.orchestration_id == orchestration_id]
+
+
+def test_killed_worker_is_replaced_and_its_instance_retried(
+    fleet: JobFleet, tmp_path: Path
+) -> None:
+    params = [{"n": n, "seconds": 0.5, "dir": str(tmp_path)} for n in range(8)]
+    orchestration = fleet.kick_off("sleepy", params, parallelism=2, retries=1)
+    killed, pid = kill_a_running_worker(tmp_path)
+
+    snap = orchestration.wait(timeout=90)
+    assert gone(pid)
+    assert snap.status is Status.COMPLETED
+    assert snap.counts.succeeded == 8 and snap.counts.done == snap.counts.total
+    successes, failures = orchestration.results()
+    assert failures is None
+    assert killed in [s.index for s in successes]
+    assert events_for(fleet, orchestration.id) == [Status.COMPLETED]
+
+
+def test_killed_worker_without_retries_left_ends_errored_as_worker_lost(
+    fleet: JobFleet, tmp_path: Path
+) -> None:
+    params = [{"n": n, "seconds": 0.5, "dir": str(tmp_path)} for n in range(6)]
+    orchestration = fleet.kick_off("sleepy", params, parallelism=2, retries=0)
+    killed, _ = kill_a_running_worker(tmp_path)
+
+    snap = orchestration.wait(timeout=90)
+    assert snap.status is Status.ERRORED
+    successes, failures = orchestration.results()
+    assert failures is not None
+    assert [f.index for f in failures] == [killed]
+    assert failures[0].error.type == "WorkerLost"
+    assert failures[0].params == params[killed]
+    # Siblings, including the rest of the killed worker's share, all succeeded.
+    assert sorted(s.index for s in successes) == [n for n in range(6) if n != killed]
+    assert events_for(fleet, orchestration.id) == [Status.ERRORED]
+
+
+def test_every_kill_of_a_task_still_ends_terminal(fleet: JobFleet, tmp_path: Path) -> None:
+    """Kill each incarnation of the single task until it is out of attempts."""
+    params = [{"n": n, "seconds": 2, "dir": str(tmp_path)} for n in range(3)]
+    orchestration = fleet.kick_off("sleepy", params, parallelism=1, retries=5)
+    killed: set[int] = set()
+    for _ in range(4):  # the first attempt and its three retries
+        killed.add(kill_a_running_worker(tmp_path, spare=frozenset(killed))[1])
+    snap = orchestration.wait(timeout=90)
+    assert snap.status is Status.ERRORED
+    assert snap.counts.failed == 3 and snap.counts.done == 3
+    _, failures = orchestration.results()
+    assert failures is not None
+    assert {f.error.type for f in failures} == {"WorkerLost"}
+    assert events_for(fleet, orchestration.id) == [Status.ERRORED]

@@ -1,0 +1,62 @@
+"""Jobs the tests kick off. Workers import this module through JOBFLEET_JOBS."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from jobfleet import job
+
+
+class Greeting(BaseModel):
+    name: str
+    count: int = Field(ge=0)
+
+
+@job("greet", retries=0)
+def greet(params: Greeting) -> dict[str, Any]:
+    return {"text": f"hello {params.name}", "count": params.count}
+
+
+@job("maybe_fail", retries=0)
+class MaybeFail:
+    def run(self, params: dict[str, Any]) -> int:
+        if params.get("fail"):
+            raise RuntimeError(f"item {params['n']} failed on purpose")
+        return int(params["n"]) * 10
+
+
+@job("flaky", retries=3, backoff=0.05)
+def flaky(params: dict[str, Any]) -> int:
+    """Fails its first `fail_times` attempts, counting them in a file."""
+    counter = Path(params["dir"]) / f"attempts-{params['n']}"
+    made = int(counter.read_text()) if counter.exists() else 0
+    counter.write_text(str(made + 1))
+    if made < params["fail_times"]:
+        raise ConnectionError(f"transient failure {made + 1}")
+    return made + 1
+
+
+@job("sleepy", retries=0)
+def sleepy(params: dict[str, Any]) -> int:
+    """Leaves its pid where the test can find it, then sleeps."""
+    if "dir" in params:
+        (Path(params["dir"]) / f"running-{params['n']}").write_text(str(os.getpid()))
+    time.sleep(float(params.get("seconds", 0.1)))
+    return int(params["n"])
+
+
+@job("double_async", retries=0)
+async def double_async(params: dict[str, Any]) -> int:
+    await asyncio.sleep(0.01)
+    return int(params["x"]) * 2
+
+
+@job("unserialisable", retries=0)
+def unserialisable(params: dict[str, Any]) -> object:
+    return object()
