@@ -1,0 +1,1 @@
+"""Tests against real adapters: SQLite files today, the emulators later."""

@@ -1,0 +1,1 @@
+"""Fast tests of the core: no processes, no network."""

@@ -1,0 +1,56 @@
+"""The job instance state machine: every pair of statuses is either legal or refused."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from jobfleet.core.models import Status
+from jobfleet.core.states import TRANSITIONS, IllegalTransition, can_move, check_move
+
+# DESIGN.md, "State": the only moves a job instance may make.
+LEGAL: set[tuple[Status, Status]] = {
+    (Status.PENDING, Status.IN_PROGRESS),  # a worker claims it
+    (Status.PENDING, Status.CANCELLED),  # the orchestration is cancelled
+    (Status.PENDING, Status.ERRORED),  # its task ran out of attempts before reaching it
+    (Status.IN_PROGRESS, Status.COMPLETED),
+    (Status.IN_PROGRESS, Status.ERRORED),
+    (Status.IN_PROGRESS, Status.PENDING),  # a retry after a failed attempt or a lost worker
+    (Status.IN_PROGRESS, Status.CANCELLED),
+}
+ILLEGAL = [pair for pair in itertools.product(Status, Status) if pair not in LEGAL]
+
+
+def _ids(pair: tuple[Status, Status]) -> str:
+    return f"{pair[0]}->{pair[1]}"
+
+
+@pytest.mark.parametrize("move", sorted(LEGAL), ids=_ids)
+def test_legal_move_is_allowed(move: tuple[Status, Status]) -> None:
+    current, target = move
+    assert can_move(current, target)
+    check_move(current, target)
+
+
+@pytest.mark.parametrize("move", ILLEGAL, ids=_ids)
+def test_illegal_move_is_refused_with_both_states_named(move: tuple[Status, Status]) -> None:
+    current, target = move
+    assert not can_move(current, target)
+    with pytest.raises(IllegalTransition, match=f"from {current} to {target}"):
+        check_move(current, target)
+
+
+def test_every_status_has_a_rule() -> None:
+    assert set(TRANSITIONS) == set(Status)
+
+
+@pytest.mark.parametrize("status", list(Status), ids=str)
+def test_terminal_statuses_are_exactly_those_with_no_way_out(status: Status) -> None:
+    way_out = any(can_move(status, target) for target in Status)
+    assert status.terminal is not way_out
+
+
+def test_illegal_transition_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="cannot go from Completed to InProgress"):
+        check_move(Status.COMPLETED, Status.IN_PROGRESS)
