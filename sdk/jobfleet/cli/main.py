@@ -119,7 +119,11 @@ def cmd_demo(fleet: JobFleet, args: argparse.Namespace) -> int:
     orchestration = fleet.kick_off("process_batch", params, tags={"source": "demo"})
     render.progress(orchestration)
     successes, failures = orchestration.results()
-    render.results(orchestration.status(), successes, failures, as_json=False)
+    render.snapshot(orchestration.status(), as_json=False)
+    print("\nfirst successes, and every failure with its original params:")
+    render.results(orchestration.status(), successes[:3], failures, as_json=False, summary=False)
+    print(f"\n`jobfleet results {orchestration.id}` lists all; `jobfleet events` shows the"
+          " completion event.")
     expected = len(successes) == len(params) - 1 and failures is not None and len(failures) == 1
     print("demo finished as expected: one failure, kept with its params" if expected
           else "demo did NOT finish as expected")

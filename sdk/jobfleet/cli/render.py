@@ -97,6 +97,7 @@ def results(
     successes: list[Success],
     failures: list[Failure] | None,
     as_json: bool,
+    summary: bool = True,
 ) -> None:
     if as_json:
         print(json.dumps({
@@ -111,7 +112,8 @@ def results(
     for f in failures or []:
         print(f"{f.status.lower():<7} #{f.index:<5} {json.dumps(f.params)} -> "
               f"{f.error.type}: {f.error.message} (attempts: {f.attempts})")
-    print(f"{len(successes)} succeeded, {len(failures or [])} failed")
+    if summary:
+        print(f"{len(successes)} succeeded, {len(failures or [])} failed")
 
 
 def event(e: JobCompletedEvent, as_json: bool) -> None:
