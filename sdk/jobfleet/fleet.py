@@ -12,7 +12,7 @@ from typing import Any
 from jobfleet.backends import Backend, open_backend
 from jobfleet.config import Settings
 from jobfleet.core import params as param_sets
-from jobfleet.core.completion import settle
+from jobfleet.core.completion import abandon, settle
 from jobfleet.core.models import (
     JobCompletedEvent,
     NewOrchestration,
@@ -25,6 +25,7 @@ from jobfleet.core.results import Results, partition
 from jobfleet.errors import InvalidOption, WaitTimeout
 
 WATCH_SLICE_SECONDS = 1.0
+LOST_CHECK_SECONDS = 2.0  # with no progress for this long, check the execution is alive
 
 
 class Orchestration:
@@ -48,6 +49,7 @@ class Orchestration:
         token = store.change_token()
         snap = self.status()
         yield snap
+        quiet_since = time.monotonic()
         while not (snap.status.terminal and snap.event_published):
             left = WATCH_SLICE_SECONDS if deadline is None else deadline - time.monotonic()
             if left <= 0:
@@ -55,8 +57,21 @@ class Orchestration:
             token = store.wait_for_change(token, min(left, WATCH_SLICE_SECONDS))
             current = self.status()
             if current != snap:
-                snap = current
+                snap, quiet_since = current, time.monotonic()
                 yield snap
+            elif time.monotonic() - quiet_since >= LOST_CHECK_SECONDS:
+                self._recover_if_lost(snap)
+                quiet_since = time.monotonic()
+
+    def _recover_if_lost(self, snap: OrchestrationSnapshot) -> None:
+        """The reaper of last resort: the whole execution (supervisor and workers, or
+        every Cloud Run task) is gone while instances are unfinished."""
+        backend = self.fleet.backend
+        if snap.status.terminal:
+            settle(backend.store, backend.bus, self.id)  # an event whose publish failed
+        elif snap.execution and not backend.launcher.is_running(snap.execution):
+            abandon(backend.store, backend.bus, self.id,
+                    f"execution {snap.execution} ended with the instance unfinished")
 
     def wait(self, timeout: float | None = None) -> OrchestrationSnapshot:
         """Block until every instance is terminal and the completion event is out."""

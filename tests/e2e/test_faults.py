@@ -93,3 +93,23 @@ def test_every_kill_of_a_task_still_ends_terminal(fleet: JobFleet, tmp_path: Pat
     assert failures is not None
     assert {f.error.type for f in failures} == {"WorkerLost"}
     assert events_for(fleet, orchestration.id) == [Status.ERRORED]
+
+
+def test_losing_the_whole_execution_still_ends_every_instance(
+    fleet: JobFleet, tmp_path: Path
+) -> None:
+    """SIGKILL the supervisor and all its workers: whoever waits reaps the orchestration."""
+    params = [{"n": n, "seconds": 30, "dir": str(tmp_path)} for n in range(4)]
+    orchestration = fleet.kick_off("sleepy", params, parallelism=2)
+    kill_a_running_worker(tmp_path)  # wait until work is under way
+    execution = orchestration.status().execution
+    assert execution is not None
+    os.killpg(int(execution.rsplit("-", 1)[1]), signal.SIGKILL)
+
+    snap = orchestration.wait(timeout=30)
+    assert snap.status is Status.ERRORED
+    assert snap.counts.failed == 4
+    _, failures = orchestration.results()
+    assert failures is not None
+    assert {f.error.type for f in failures} == {"WorkerLost"}
+    assert events_for(fleet, orchestration.id) == [Status.ERRORED]

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import time
 
-from jobfleet.core.models import Counts, JobCompletedEvent, OrchestrationSnapshot, Status
+from jobfleet.core.models import (
+    WORKER_LOST,
+    Counts,
+    ErrorInfo,
+    JobCompletedEvent,
+    OrchestrationSnapshot,
+    Status,
+)
 from jobfleet.core.ports import EventBus, Store
 
 
@@ -43,3 +50,13 @@ def settle(store: Store, bus: EventBus, orchestration_id: str) -> OrchestrationS
         store.mark_event_published(orchestration_id)
         snap = store.get_orchestration(orchestration_id)
     return snap
+
+
+def abandon(store: Store, bus: EventBus, orchestration_id: str, why: str) -> OrchestrationSnapshot:
+    """The execution is gone with instances unfinished: they end Errored (WorkerLost),
+    so that nothing stays InProgress forever, and the end is announced."""
+    snap = store.get_orchestration(orchestration_id)
+    error = ErrorInfo(type=WORKER_LOST, message=why)
+    for shard in range(snap.options.parallelism):
+        store.give_up(orchestration_id, shard, error, now=time.time())
+    return settle(store, bus, orchestration_id)

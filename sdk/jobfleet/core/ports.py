@@ -113,6 +113,9 @@ class Launcher(Protocol):
     def cancel(self, execution: str) -> None:
         """Stop the workers of an execution."""
 
+    def is_running(self, execution: str) -> bool:
+        """False once the execution has ended, for good or lost."""
+
 
 class EventBus(Protocol):
     def publish(self, event: JobCompletedEvent) -> None:

@@ -7,11 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from jobfleet.config import Settings
 from jobfleet.core.models import NewOrchestration
 
 EXECUTION_PREFIX = "local-pid-"
+SUPERVISOR_MODULE = "jobfleet.backends.local.supervisor"
 
 
 class ProcessLauncher:
@@ -31,7 +33,7 @@ class ProcessLauncher:
         }
         with open(log, "ab") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "jobfleet.backends.local.supervisor"],
+                [sys.executable, "-m", SUPERVISOR_MODULE],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -40,10 +42,24 @@ class ProcessLauncher:
             )
         return f"{EXECUTION_PREFIX}{process.pid}"
 
+    def is_running(self, execution: str) -> bool:
+        """The supervisor's process is alive (and is still a supervisor, not a reused pid)."""
+        try:
+            cmdline = Path(f"/proc/{_pid(execution)}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return False
+        return SUPERVISOR_MODULE.encode() in cmdline
+
     def cancel(self, execution: str) -> None:
-        if not execution.startswith(EXECUTION_PREFIX):
+        if not self.is_running(execution):
             return
         try:
-            os.killpg(int(execution.removeprefix(EXECUTION_PREFIX)), signal.SIGTERM)
+            os.killpg(_pid(execution), signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
             pass  # already gone
+
+
+def _pid(execution: str) -> int:
+    if not execution.startswith(EXECUTION_PREFIX):
+        raise ValueError(f"not a local execution: {execution!r}")
+    return int(execution.removeprefix(EXECUTION_PREFIX))
