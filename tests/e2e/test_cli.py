@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -199,3 +200,25 @@ def test_demo_runs_the_main_job(cli: Cli) -> None:
     assert "demo finished as expected" in done.stdout
     assert "ValueError: batch 20 holds a poison record" in done.stdout
     assert time.monotonic() - started < 60
+
+
+def test_a_terminal_gets_a_live_progress_bar(cli: Cli, tmp_path: Path) -> None:
+    params = write(tmp_path / "p.json", [{"n": n, "seconds": 0.05} for n in range(8)])
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the real CLI with a terminal on stdout and stderr
+        os.execv(sys.executable, [sys.executable, "-m", "jobfleet", "run", "sleepy",
+                                  "--params", params])
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    _, status = os.waitpid(pid, 0)
+    text = screen.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert "━" in text  # rich's bar
+    assert "8/8" in text
