@@ -12,10 +12,12 @@ import pytest
 
 from jobfleet.backends.local.events import LocalEventLog
 from jobfleet.backends.local.store import SqliteStore
-from jobfleet.core.completion import final_status, settle
+from jobfleet.core.completion import abandon, final_status, settle
 from jobfleet.core.models import (
+    WORKER_LOST,
     Counts,
     ErrorInfo,
+    Failure,
     JobCompletedEvent,
     NewInstance,
     NewOrchestration,
@@ -62,17 +64,19 @@ def test_final_status_examples() -> None:
 # -- settle against the local store and event log --------------------------------------------
 
 
-def create(store: SqliteStore, n: int = 3, tags: dict[str, str] | None = None) -> str:
+def create(
+    store: SqliteStore, n: int = 3, tags: dict[str, str] | None = None, shards: int = 1
+) -> str:
     oid = str(uuid.uuid4())
     store.create_orchestration(
         NewOrchestration(
             id=oid,
             job_name="thumbnail",
-            options=RunOptions(retries=0, backoff=0.0, timeout=None, parallelism=1),
+            options=RunOptions(retries=0, backoff=0.0, timeout=None, parallelism=shards),
             tags=tags or {},
             created_at=time.time(),
         ),
-        [[NewInstance(str(uuid.uuid4()), i, 0, {"n": i}) for i in range(n)]],
+        [[NewInstance(str(uuid.uuid4()), i, i % shards, {"n": i}) for i in range(n)]],
     )
     return oid
 
@@ -113,14 +117,28 @@ def test_unfinished_orchestration_is_not_announced(
     assert events_of(bus, oid) == []
 
 
+class CountingLog(LocalEventLog):
+    """The local event log, counting publish calls (the log itself drops duplicates)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.published: list[str] = []
+
+    def publish(self, event: JobCompletedEvent) -> None:
+        self.published.append(event.event_id)
+        super().publish(event)
+
+
 def test_settle_many_times_publishes_exactly_one_event(
-    store: SqliteStore, bus: LocalEventLog
+    store: SqliteStore, db_path: Path
 ) -> None:
+    bus = CountingLog(db_path)
     oid = create(store, 3, tags={"batch": "nightly"})
     run_all(store, oid, [Status.COMPLETED] * 3)
 
     snaps = [settle(store, bus, oid) for _ in range(25)]
 
+    assert bus.published == [JobCompletedEvent.event_id_for(oid)]
     assert {s.status for s in snaps} == {Status.COMPLETED}
     assert all(s.event_published for s in snaps)
     [event] = events_of(bus, oid)
@@ -130,6 +148,35 @@ def test_settle_many_times_publishes_exactly_one_event(
     )
     assert (event.job_name, event.tags) == ("thumbnail", {"batch": "nightly"})
     assert event.finished_at == snaps[0].finished_at
+    bus.close()
+
+
+def settle_at_once(
+    db_path: Path, oid: str, deliveries: int
+) -> tuple[list[OrchestrationSnapshot], list[BaseException]]:
+    """Settle from `deliveries` threads released together, each with its own connections,
+    like duplicate trigger deliveries reaching separate function instances."""
+    barrier = threading.Barrier(deliveries, timeout=10)
+    seen: list[OrchestrationSnapshot] = []
+    errors: list[BaseException] = []
+
+    def deliver() -> None:
+        own_store, own_bus = SqliteStore(db_path), LocalEventLog(db_path)
+        try:
+            barrier.wait()
+            seen.append(settle(own_store, own_bus, oid))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            own_bus.close()
+            own_store.close()
+
+    threads = [threading.Thread(target=deliver) for _ in range(deliveries)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return seen, errors
 
 
 def test_settle_from_several_threads_at_once_publishes_exactly_one_event(
@@ -141,27 +188,7 @@ def test_settle_from_several_threads_at_once_publishes_exactly_one_event(
         run_all(store, oid, [Status.COMPLETED, Status.ERRORED])
 
     for oid in oids:
-        barrier = threading.Barrier(threads_per_round)
-        seen: list[OrchestrationSnapshot] = []
-        errors: list[BaseException] = []
-
-        def deliver(oid: str = oid, barrier: threading.Barrier = barrier) -> None:
-            # Each thread is a separate trigger delivery with its own connections.
-            own_store, own_bus = SqliteStore(db_path), LocalEventLog(db_path)
-            try:
-                barrier.wait()
-                seen.append(settle(own_store, own_bus, oid))
-            except BaseException as exc:
-                errors.append(exc)
-            finally:
-                own_bus.close()
-                own_store.close()
-
-        threads = [threading.Thread(target=deliver) for _ in range(threads_per_round)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        seen, errors = settle_at_once(db_path, oid, threads_per_round)
 
         assert errors == []
         assert {s.status for s in seen} == {Status.ERRORED}
@@ -224,3 +251,23 @@ def test_a_failed_publish_is_retried_by_the_next_settle(
     assert snap.event_published
     assert len(events_of(bus, oid)) == 1
     bus.close()
+
+
+def test_abandon_errors_what_a_lost_execution_left_unfinished_and_announces_it(
+    store: SqliteStore, bus: LocalEventLog
+) -> None:
+    oid = create(store, 5, shards=2)  # shard 0: 0, 2, 4; shard 1: 1, 3
+    [c0] = store.claim(oid, 0, "task-0", limit=1, now=time.time(), lease=30)
+    store.record_outcomes(oid, [Outcome(c0.job_id, 0, c0.owner, Status.COMPLETED, result=1)])
+    store.claim(oid, 1, "task-1", limit=1, now=time.time(), lease=30)  # left InProgress
+
+    snap = abandon(store, bus, oid, "execution local-pid-1 ended")
+
+    assert snap.status is Status.ERRORED
+    assert (snap.counts.succeeded, snap.counts.failed, store.unfinished(oid)) == (1, 4, 0)
+    failures = [o for o in store.outcomes(oid) if isinstance(o, Failure)]
+    assert sorted(f.index for f in failures) == [1, 2, 3, 4]
+    assert {f.error.type for f in failures} == {WORKER_LOST}
+    assert {f.error.message for f in failures} == {"execution local-pid-1 ended"}
+    [event] = events_of(bus, oid)
+    assert (event.status, event.failed) == (Status.ERRORED, 4)

@@ -21,7 +21,9 @@ def test_failures_is_none_when_everything_succeeded() -> None:
 
 
 def test_successes_and_failures_are_split_and_sorted_by_index() -> None:
-    mixed = [failure(5), success(3), failure(1), success(0), failure(4, Status.CANCELLED)]
+    mixed: list[Success | Failure] = [
+        failure(5), success(3), failure(1), success(0), failure(4, Status.CANCELLED),
+    ]
 
     successes, failures = partition(iter(mixed))
 

@@ -30,7 +30,7 @@ def parse_params(text: str, where: str = "params") -> list[Any]:
         raise InvalidParams(f"{where} is empty: give a JSON list of objects or JSON Lines")
     if stripped.startswith("["):
         try:
-            data = json.loads(stripped)
+            data = json.loads(text)  # unstripped, so that line numbers are the file's
         except json.JSONDecodeError as exc:
             raise InvalidParams(
                 f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
@@ -39,7 +39,7 @@ def parse_params(text: str, where: str = "params") -> list[Any]:
             raise InvalidParams(f"{where} must be a JSON list of objects")
         return data
     items = []
-    for number, line in enumerate(stripped.splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:

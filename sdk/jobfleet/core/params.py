@@ -43,7 +43,7 @@ def check(definition: JobDefinition, index: int, params: Any) -> JsonObject:
             )
             raise InvalidParams(f"does not fit {model.__name__}: {problems}", index) from None
     try:
-        json.dumps(params)
+        json.dumps(params, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidParams(f"is not JSON-serialisable: {exc}", index) from None
     return params

@@ -36,7 +36,8 @@ class RetryPolicy:
         Jitter keeps a burst of siblings that failed together (a flaky dependency)
         from retrying in lockstep.
         """
-        step = min(self.max_backoff, self.backoff * 2 ** max(0, attempts_made - 1))
+        doublings = min(max(0, attempts_made - 1), 64)  # past 2**64 only the cap matters
+        step = min(self.max_backoff, self.backoff * 2**doublings)
         return float(step * (rng or random).uniform(0.5, 1.0))
 
     def after_failure(

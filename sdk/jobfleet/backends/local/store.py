@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -81,20 +82,45 @@ _DONE_COLUMN = {Status.COMPLETED: "succeeded", Status.ERRORED: "failed"}
 
 
 class SqliteStore:
+    """Safe to share between threads: each thread gets connections of its own."""
+
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            self.path, isolation_level=None, timeout=30.0, check_same_thread=False
-        )
+        self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []
+        self._opened_lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
         with self._write():
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
 
     # -- plumbing -------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0,
+                             check_same_thread=False)
+        db.execute("PRAGMA synchronous=NORMAL")
+        with self._opened_lock:
+            self._opened.append(db)
+        return db
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+        return db
+
+    @property
+    def _watch(self) -> sqlite3.Connection:
+        """A connection that never writes, so its data_version moves on every commit,
+        this store's own included."""
+        db: sqlite3.Connection | None = getattr(self._local, "watch", None)
+        if db is None:
+            db = self._local.watch = self._connect()
+        return db
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -107,7 +133,11 @@ class SqliteStore:
         self._db.execute("COMMIT")
 
     def close(self) -> None:
-        self._db.close()
+        with self._opened_lock:
+            for db in self._opened:
+                db.close()
+            self._opened.clear()
+        self._local = threading.local()
 
     # -- orchestrations ---------------------------------------------------------
 
@@ -373,7 +403,7 @@ class SqliteStore:
 
     def change_token(self) -> int:
         """SQLite's data_version moves whenever another connection commits."""
-        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
 
     def wait_for_change(self, token: int, timeout: float) -> int:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,583 @@
+"""The Store port's contract (core/ports.py), run against every Store adapter.
+
+Every adapter must pass this class unchanged; `store_factory` (conftest.py) opens
+further connections to the same state where a test needs a second process's view.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from jobfleet.core.models import (
+    ClaimedInstance,
+    ErrorInfo,
+    Failure,
+    NewInstance,
+    NewOrchestration,
+    Outcome,
+    RunOptions,
+    Status,
+    Success,
+)
+from jobfleet.core.params import instance_batches
+from jobfleet.core.ports import Store
+from jobfleet.core.registry import JobDefinition
+from jobfleet.errors import InvalidParams, UnknownOrchestration
+
+from .conftest import StoreFactory
+
+T0 = 1_700_000_000.0
+LEASE = 30.0
+LOST = ErrorInfo(type="WorkerLost", message="task 0 is out of attempts")
+
+
+def orchestration(
+    *, job_name: str = "thumbnail", created_at: float = T0, tags: dict[str, str] | None = None
+) -> NewOrchestration:
+    return NewOrchestration(
+        id=str(uuid.uuid4()),
+        job_name=job_name,
+        options=RunOptions(retries=2, backoff=1.5, timeout=60.0, parallelism=3),
+        tags=tags or {},
+        created_at=created_at,
+    )
+
+
+def instances(n: int, shards: int = 1) -> list[NewInstance]:
+    return [
+        NewInstance(str(uuid.uuid4()), i, i % shards, {"n": i, "tag": f"p{i}"}) for i in range(n)
+    ]
+
+
+def create(store: Store, n: int = 4, shards: int = 1, **kwargs: Any) -> str:
+    new = orchestration(**kwargs)
+    store.create_orchestration(new, [instances(n, shards)])
+    return new.id
+
+
+def done(claim: ClaimedInstance, result: Any = None) -> Outcome:
+    return Outcome(claim.job_id, claim.index, claim.owner, Status.COMPLETED, result=result)
+
+
+def errored(claim: ClaimedInstance, error: ErrorInfo) -> Outcome:
+    return Outcome(claim.job_id, claim.index, claim.owner, Status.ERRORED, error=error)
+
+
+def retry(claim: ClaimedInstance, not_before: float) -> Outcome:
+    return Outcome(
+        claim.job_id, claim.index, claim.owner, Status.PENDING,
+        error=ErrorInfo("TimeoutError", "slow upstream"), not_before=not_before,
+    )
+
+
+def indexes(claims: Sequence[ClaimedInstance]) -> list[int]:
+    return sorted(c.index for c in claims)
+
+
+def by_index(store: Store, oid: str) -> dict[int, Success | Failure]:
+    return {o.index: o for o in store.outcomes(oid)}
+
+
+class TestStoreContract:
+    # -- creating -------------------------------------------------------------------------
+
+    def test_create_writes_the_orchestration_and_every_instance(self, store: Store) -> None:
+        new = orchestration(tags={"team": "media"})
+
+        total = store.create_orchestration(new, iter([instances(3), instances(5)[3:]]))
+
+        snap = store.get_orchestration(new.id)
+        assert total == 5
+        assert (snap.id, snap.job_name, snap.status) == (new.id, "thumbnail", Status.IN_PROGRESS)
+        assert (snap.counts.total, snap.counts.pending, snap.counts.done) == (5, 5, 0)
+        assert snap.options == new.options
+        assert snap.tags == {"team": "media"}
+        assert snap.created_at == T0
+        assert snap.finished_at is None and not snap.event_published
+        assert store.unfinished(new.id) == 5
+
+    def test_create_is_all_or_nothing_when_a_parameter_set_is_refused(self, store: Store) -> None:
+        params: list[Any] = [{"n": n} for n in range(1200)]
+        params[700] = "not an object"  # past the first batch, which is already written
+        definition = JobDefinition(name="thumbnail", target=lambda params: None)
+        new = orchestration()
+
+        with pytest.raises(InvalidParams, match="parameter set 700"):
+            store.create_orchestration(new, instance_batches(definition, params, shards=2))
+
+        with pytest.raises(UnknownOrchestration):
+            store.get_orchestration(new.id)
+        assert store.list_orchestrations() == []
+        # The store is still usable after the refused kick-off.
+        assert store.create_orchestration(orchestration(), [instances(2)]) == 2
+
+    def test_zero_parameter_sets_are_refused_and_nothing_is_created(self, store: Store) -> None:
+        new = orchestration()
+
+        with pytest.raises(InvalidParams, match="no parameter sets"):
+            store.create_orchestration(new, iter([]))
+
+        with pytest.raises(UnknownOrchestration):
+            store.get_orchestration(new.id)
+        assert store.list_orchestrations() == []
+
+    def test_an_unknown_orchestration_is_reported_by_id(self, store: Store) -> None:
+        with pytest.raises(UnknownOrchestration, match="'no-such-id'"):
+            store.get_orchestration("no-such-id")
+        with pytest.raises(UnknownOrchestration):
+            list(store.outcomes("no-such-id"))
+
+    def test_set_execution_is_recorded(self, store: Store) -> None:
+        oid = create(store)
+        store.set_execution(oid, "executions/thumbnail-abc12")
+        assert store.get_orchestration(oid).execution == "executions/thumbnail-abc12"
+
+    # -- claiming -------------------------------------------------------------------------
+
+    def test_claim_takes_only_pending_instances_of_its_shard(self, store: Store) -> None:
+        oid = create(store, n=7, shards=3)
+
+        claimed = store.claim(oid, 1, "task-1", limit=10, now=T0, lease=LEASE)
+
+        assert indexes(claimed) == [1, 4]
+        assert all(c.owner == "task-1" and c.attempts == 1 for c in claimed)
+        assert [c.params for c in sorted(claimed, key=lambda c: c.index)] == [
+            {"n": 1, "tag": "p1"}, {"n": 4, "tag": "p4"},
+        ]
+        assert store.claim(oid, 1, "task-1b", limit=10, now=T0, lease=LEASE) == []
+        counts = store.get_orchestration(oid).counts
+        assert (counts.in_progress, counts.pending) == (2, 5)
+        assert (store.unfinished(oid, 1), store.unfinished(oid, 0)) == (2, 3)
+
+    def test_claim_respects_the_limit(self, store: Store) -> None:
+        oid = create(store, n=5)
+
+        first = store.claim(oid, 0, "task-0", limit=2, now=T0, lease=LEASE)
+        rest = store.claim(oid, 0, "task-0", limit=10, now=T0, lease=LEASE)
+
+        assert len(first) == 2
+        assert sorted(indexes(first) + indexes(rest)) == [0, 1, 2, 3, 4]
+
+    def test_claim_counts_attempts_across_retries(self, store: Store) -> None:
+        oid = create(store, n=1)
+
+        [first] = store.claim(oid, 0, "task-0", limit=1, now=T0, lease=LEASE)
+        store.record_outcomes(oid, [retry(first, not_before=T0)])
+        [second] = store.claim(oid, 0, "task-0", limit=1, now=T0 + 1, lease=LEASE)
+
+        assert (first.attempts, second.attempts) == (1, 2)
+        assert second.params == first.params
+
+    def test_claim_waits_until_not_before(self, store: Store) -> None:
+        oid = create(store, n=1)
+        [first] = store.claim(oid, 0, "task-0", limit=1, now=T0, lease=LEASE)
+        store.record_outcomes(oid, [retry(first, not_before=T0 + 60)])
+
+        assert store.claim(oid, 0, "task-0", limit=1, now=T0 + 59, lease=LEASE) == []
+        assert store.next_ready_at(oid, 0) == T0 + 60
+        assert indexes(store.claim(oid, 0, "task-0", limit=1, now=T0 + 60, lease=LEASE)) == [0]
+        assert store.next_ready_at(oid, 0) is None
+
+    def test_claim_with_job_id_takes_just_that_instance(self, store: Store) -> None:
+        new = orchestration()
+        made = instances(4)
+        store.create_orchestration(new, [made])
+
+        claimed = store.claim(
+            new.id, 0, "task-0", limit=10, now=T0, lease=LEASE, job_id=made[2].job_id
+        )
+
+        assert [(c.job_id, c.index) for c in claimed] == [(made[2].job_id, 2)]
+        assert store.claim(
+            new.id, 0, "task-0", limit=10, now=T0, lease=LEASE, job_id=made[2].job_id
+        ) == []
+        assert store.get_orchestration(new.id).counts.pending == 3
+
+    def test_concurrent_owners_never_claim_the_same_instance(
+        self, store: Store, store_factory: StoreFactory
+    ) -> None:
+        oid = create(store, n=300)
+        owners = 4
+        stores = [store_factory.open() for _ in range(owners)]
+        barrier = threading.Barrier(owners, timeout=10)
+        got: dict[str, list[ClaimedInstance]] = {}
+        errors: list[BaseException] = []
+
+        def work(own: Store, owner: str) -> None:
+            mine: list[ClaimedInstance] = []
+            try:
+                barrier.wait()
+                while batch := own.claim(oid, 0, owner, limit=7, now=T0, lease=LEASE):
+                    mine += batch
+            except BaseException as exc:
+                errors.append(exc)
+            got[owner] = mine
+
+        threads = [
+            threading.Thread(target=work, args=(s, f"task-{i}")) for i, s in enumerate(stores)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+        assert errors == []
+        claimed = [c.index for batch in got.values() for c in batch]
+        assert sorted(claimed) == list(range(300))  # each exactly once
+        assert all(c.attempts == 1 for batch in got.values() for c in batch)
+
+    # -- recording outcomes -------------------------------------------------------------------
+
+    def test_record_outcomes_applies_and_counts(self, store: Store) -> None:
+        oid = create(store, n=4)
+        c0, c1, c2, _ = sorted(
+            store.claim(oid, 0, "task-0", limit=4, now=T0, lease=LEASE), key=lambda c: c.index
+        )
+
+        applied = store.record_outcomes(
+            oid, [done(c0, {"url": "t0.png"}), errored(c1, LOST), retry(c2, T0 + 5)]
+        )
+
+        counts = store.get_orchestration(oid).counts
+        assert applied == 3
+        assert (counts.succeeded, counts.failed, counts.in_progress, counts.pending) == (1, 1, 1, 1)
+        assert store.unfinished(oid) == 2
+
+    def test_a_stale_owners_write_is_dropped(self, store: Store) -> None:
+        oid = create(store, n=1)
+        [slow] = store.claim(oid, 0, "task-0/attempt-0", limit=1, now=T0, lease=10)
+        # The lease expires; the reaper turns the claim back into a retry.
+        [stale] = store.stale_claims(oid, now=T0 + 11)
+        assert stale.owner == "task-0/attempt-0"
+        assert store.record_outcomes(oid, [retry(stale, not_before=T0 + 11)]) == 1
+        [fresh] = store.claim(oid, 0, "task-0/attempt-1", limit=1, now=T0 + 11, lease=10)
+
+        late = store.record_outcomes(oid, [done(slow, "from the lost worker")])
+        assert late == 0
+        assert store.get_orchestration(oid).counts.succeeded == 0
+
+        assert store.record_outcomes(oid, [done(fresh, "from the new worker")]) == 1
+        [outcome] = store.outcomes(oid)
+        assert isinstance(outcome, Success)
+        assert outcome.result == "from the new worker"
+        assert store.get_orchestration(oid).counts.succeeded == 1
+
+    def test_an_outcome_after_cancel_is_dropped(self, store: Store) -> None:
+        oid = create(store, n=1)
+        [claim] = store.claim(oid, 0, "task-0", limit=1, now=T0, lease=LEASE)
+        store.cancel(oid, now=T0 + 1)
+
+        assert store.record_outcomes(oid, [done(claim, "too late")]) == 0
+        counts = store.get_orchestration(oid).counts
+        assert (counts.succeeded, counts.cancelled) == (0, 1)
+
+    def test_an_instance_finishes_once(self, store: Store) -> None:
+        oid = create(store, n=1)
+        [claim] = store.claim(oid, 0, "task-0", limit=1, now=T0, lease=LEASE)
+
+        assert store.record_outcomes(oid, [done(claim, 1)]) == 1
+        assert store.record_outcomes(oid, [done(claim, 2), errored(claim, LOST)]) == 0
+        counts = store.get_orchestration(oid).counts
+        assert (counts.succeeded, counts.failed) == (1, 0)
+
+    # -- leases -----------------------------------------------------------------------------
+
+    def test_heartbeat_extends_the_leases_an_owner_holds(self, store: Store) -> None:
+        oid = create(store, n=3)
+        store.claim(oid, 0, "task-0", limit=2, now=T0, lease=10)
+
+        assert store.heartbeat("task-0", now=T0 + 8, lease=10) == 2
+        assert store.heartbeat("someone-else", now=T0 + 8, lease=10) == 0
+        assert store.stale_claims(oid, now=T0 + 12) == []
+        assert indexes(store.stale_claims(oid, now=T0 + 19)) == [0, 1]
+
+    def test_heartbeat_no_longer_covers_finished_instances(self, store: Store) -> None:
+        oid = create(store, n=2)
+        claims = store.claim(oid, 0, "task-0", limit=2, now=T0, lease=10)
+        store.record_outcomes(oid, [done(claims[0])])
+
+        assert store.heartbeat("task-0", now=T0 + 5, lease=10) == 1
+
+    def test_stale_claims_are_the_expired_leases(self, store: Store) -> None:
+        oid = create(store, n=4, shards=2)
+        store.claim(oid, 0, "task-0", limit=10, now=T0, lease=5)
+        store.claim(oid, 1, "task-1", limit=10, now=T0, lease=100)
+
+        stale = store.stale_claims(oid, now=T0 + 6)
+
+        assert indexes(stale) == [0, 2]
+        assert {(c.owner, c.attempts) for c in stale} == {("task-0", 1)}
+        assert {c.index: c.params for c in stale} == {
+            0: {"n": 0, "tag": "p0"}, 2: {"n": 2, "tag": "p2"},
+        }
+        assert store.stale_claims(oid, now=T0 + 1) == []
+
+    def test_stale_claims_of_a_shard_are_all_its_in_progress_instances(self, store: Store) -> None:
+        oid = create(store, n=6, shards=2)
+        store.claim(oid, 0, "task-0/attempt-0", limit=2, now=T0, lease=100)
+        store.claim(oid, 1, "task-1/attempt-0", limit=3, now=T0, lease=100)
+
+        # A new attempt of task 0 starting means the previous one is gone, lease or not.
+        orphans = store.stale_claims(oid, now=T0 + 1, shard=0)
+
+        assert indexes(orphans) == [0, 2]  # not the Pending 4, not shard 1's live claims
+        assert {c.owner for c in orphans} == {"task-0/attempt-0"}
+
+    def test_give_up_errors_every_unfinished_instance_of_a_shard(self, store: Store) -> None:
+        oid = create(store, n=6, shards=2)  # shard 0: 0, 2, 4
+        c0, c2 = sorted(
+            store.claim(oid, 0, "task-0", limit=2, now=T0, lease=LEASE), key=lambda c: c.index
+        )
+        store.record_outcomes(oid, [done(c0, "ok")])
+
+        assert store.give_up(oid, 0, LOST, now=T0 + 9) == 2
+
+        counts = store.get_orchestration(oid).counts
+        assert (counts.succeeded, counts.failed, counts.pending) == (1, 2, 3)
+        assert (store.unfinished(oid, 0), store.unfinished(oid, 1)) == (0, 3)
+        results = by_index(store, oid)
+        assert isinstance(results[0], Success)
+        for index in (2, 4):
+            failure = results[index]
+            assert isinstance(failure, Failure)
+            assert failure.error == LOST
+            assert failure.status is Status.ERRORED
+        assert store.record_outcomes(oid, [done(c2, "too late")]) == 0
+        assert store.give_up(oid, 0, LOST, now=T0 + 10) == 0
+
+    # -- ending -----------------------------------------------------------------------------
+
+    def test_cancel_ends_every_unfinished_instance_once(self, store: Store) -> None:
+        oid = create(store, n=4)
+        c0, _ = sorted(
+            store.claim(oid, 0, "task-0", limit=2, now=T0, lease=LEASE), key=lambda c: c.index
+        )
+        store.record_outcomes(oid, [done(c0, "kept")])
+
+        assert store.cancel(oid, now=T0 + 5) is True
+        assert store.cancel(oid, now=T0 + 6) is False
+
+        snap = store.get_orchestration(oid)
+        assert snap.status is Status.CANCELLED
+        assert snap.finished_at == T0 + 5
+        c = snap.counts
+        assert (c.succeeded, c.failed, c.cancelled, c.pending, c.in_progress) == (1, 0, 3, 0, 0)
+        assert store.unfinished(oid) == 0
+        assert store.stale_claims(oid, now=T0 + 1000) == []
+        results = by_index(store, oid)
+        assert results[0] == Success(c0.job_id, 0, {"n": 0, "tag": "p0"}, "kept")
+        cancelled = [results[i] for i in (1, 2, 3)]
+        assert all(isinstance(r, Failure) and r.status is Status.CANCELLED for r in cancelled)
+
+    def test_a_finished_orchestration_cannot_be_cancelled(self, store: Store) -> None:
+        oid = create(store, n=1)
+        [claim] = store.claim(oid, 0, "task-0", limit=1, now=T0, lease=LEASE)
+        store.record_outcomes(oid, [done(claim)])
+        store.finish_orchestration(oid, Status.COMPLETED, T0 + 1)
+
+        assert store.cancel(oid, now=T0 + 2) is False
+        snap = store.get_orchestration(oid)
+        assert (snap.status, snap.counts.cancelled, snap.finished_at) == (
+            Status.COMPLETED, 0, T0 + 1,
+        )
+
+    def test_finish_orchestration_flips_exactly_once(
+        self, store: Store, store_factory: StoreFactory
+    ) -> None:
+        oid = create(store, n=1)
+        others = [store_factory.open() for _ in range(6)]
+        barrier = threading.Barrier(len(others), timeout=10)
+        flips: list[bool] = []
+
+        def finish(own: Store, status: Status, at: float) -> None:
+            barrier.wait()
+            flips.append(own.finish_orchestration(oid, status, at))
+
+        statuses = [Status.COMPLETED, Status.ERRORED, Status.CANCELLED] * 2
+        threads = [
+            threading.Thread(target=finish, args=(s, status, T0 + i))
+            for i, (s, status) in enumerate(zip(others, statuses, strict=True))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+        assert sorted(flips) == [False] * 5 + [True]
+        winner = store.get_orchestration(oid)
+        assert winner.status.terminal
+        assert store.finish_orchestration(oid, Status.COMPLETED, T0 + 99) is False
+        assert store.get_orchestration(oid) == winner
+
+    def test_the_published_event_is_remembered(self, store: Store) -> None:
+        oid = create(store, n=1)
+        store.cancel(oid, now=T0)
+        assert not store.get_orchestration(oid).event_published
+
+        store.mark_event_published(oid)
+
+        assert store.get_orchestration(oid).event_published
+
+    # -- results ----------------------------------------------------------------------------
+
+    def test_outcomes_carry_params_results_errors_and_attempts(self, store: Store) -> None:
+        oid = create(store, n=4)
+        c0, c1, c2, _ = sorted(
+            store.claim(oid, 0, "task-0", limit=4, now=T0, lease=LEASE), key=lambda c: c.index
+        )
+        boom = ErrorInfo(
+            type="ValueError",
+            message="width must be positive",
+            traceback='Traceback (most recent call last):\n  File "jobs.py", line 3\nValueError',
+        )
+        store.record_outcomes(
+            oid,
+            [
+                done(c0, {"thumb": "t0.png", "sizes": [1, 2.5, None]}),
+                retry(c1, T0),
+                errored(c2, boom),
+            ],
+        )
+        [again] = store.claim(oid, 0, "task-0", limit=1, now=T0 + 1, lease=LEASE)
+        store.record_outcomes(oid, [errored(again, boom)])
+
+        results = by_index(store, oid)
+
+        assert sorted(results) == [0, 1, 2]  # instance 3 is still running
+        assert results[0] == Success(
+            c0.job_id, 0, {"n": 0, "tag": "p0"}, {"thumb": "t0.png", "sizes": [1, 2.5, None]}
+        )
+        assert results[1] == Failure(c1.job_id, 1, {"n": 1, "tag": "p1"}, boom, attempts=2)
+        assert results[2] == Failure(c2.job_id, 2, {"n": 2, "tag": "p2"}, boom, attempts=1)
+
+    def test_a_success_after_a_retry_keeps_no_error(self, store: Store) -> None:
+        oid = create(store, n=1)
+        [first] = store.claim(oid, 0, "task-0", limit=1, now=T0, lease=LEASE)
+        store.record_outcomes(oid, [retry(first, T0)])
+        [second] = store.claim(oid, 0, "task-0", limit=1, now=T0, lease=LEASE)
+        store.record_outcomes(oid, [done(second, None)])
+
+        [outcome] = store.outcomes(oid)
+
+        assert outcome == Success(first.job_id, 0, {"n": 0, "tag": "p0"}, None)
+        counts = store.get_orchestration(oid).counts
+        assert (counts.succeeded, counts.failed) == (1, 0)
+
+    # -- history ----------------------------------------------------------------------------
+
+    def test_list_orchestrations_is_newest_first_and_filters(self, store: Store) -> None:
+        old = create(store, job_name="thumbnail", created_at=T0 + 100)
+        newest = create(store, job_name="report", created_at=T0 + 300)
+        middle = create(store, job_name="thumbnail", created_at=T0 + 200)
+        store.cancel(middle, now=T0 + 400)
+
+        def ids(**kwargs: Any) -> list[str]:
+            return [s.id for s in store.list_orchestrations(**kwargs)]
+
+        assert ids() == [newest, middle, old]
+        assert ids(limit=2) == [newest, middle]
+        assert ids(job_name="thumbnail") == [middle, old]
+        assert ids(status=Status.CANCELLED) == [middle]
+        assert ids(status=Status.IN_PROGRESS, job_name="thumbnail") == [old]
+        assert ids(job_name="nothing-by-this-name") == []
+
+    def test_history_survives_closing_and_reopening(
+        self, store: Store, store_factory: StoreFactory
+    ) -> None:
+        oid = create(store, n=3, tags={"run": "nightly"})
+        claims = sorted(
+            store.claim(oid, 0, "task-0", limit=3, now=T0, lease=LEASE), key=lambda c: c.index
+        )
+        store.record_outcomes(oid, [done(claims[0], "a"), errored(claims[1], LOST)])
+        store.cancel(oid, now=T0 + 1)
+        store.mark_event_published(oid)
+        before = store.get_orchestration(oid)
+        results_before = list(store.outcomes(oid))
+        store.close()
+
+        reopened = store_factory.open()
+
+        assert reopened.get_orchestration(oid) == before
+        assert list(reopened.outcomes(oid)) == results_before
+        assert [s.id for s in reopened.list_orchestrations()] == [oid]
+
+    # -- watching for changes -------------------------------------------------------------------
+
+    @pytest.mark.timeout(20)
+    def test_wait_for_change_sees_a_write_from_another_connection(
+        self, store: Store, store_factory: StoreFactory
+    ) -> None:
+        oid = create(store)
+        other = store_factory.open()
+        token = store.change_token()
+        writer = threading.Timer(0.1, other.set_execution, args=(oid, "executions/e-1"))
+
+        started = time.monotonic()
+        writer.start()
+        new_token = store.wait_for_change(token, timeout=10.0)
+        waited = time.monotonic() - started
+        writer.join()
+
+        assert new_token != token
+        assert waited < 5.0
+        assert store.get_orchestration(oid).execution == "executions/e-1"
+        assert store.change_token() == new_token  # nothing has changed since
+
+    @pytest.mark.timeout(20)
+    def test_wait_for_change_times_out_without_writes(self, store: Store) -> None:
+        create(store)
+        token = store.change_token()
+
+        started = time.monotonic()
+        after = store.wait_for_change(token, timeout=0.3)
+        waited = time.monotonic() - started
+
+        assert after == token
+        assert 0.25 <= waited < 2.0
+
+    def test_change_token_moves_after_a_write_through_the_same_store(self, store: Store) -> None:
+        oid = create(store)
+        token = store.change_token()
+
+        store.cancel(oid, now=T0)
+
+        assert store.change_token() != token
+
+    # -- one store object shared by threads (the SDK's *_async methods use threads) -----------
+
+    def test_one_store_can_be_written_from_several_threads(self, store: Store) -> None:
+        inside, release = threading.Event(), threading.Event()
+        errors: list[BaseException] = []
+
+        def slow_batches() -> Any:
+            yield instances(2)
+            inside.set()  # the first kick-off is mid-transaction
+            release.wait(timeout=5)
+
+        first, second = orchestration(), orchestration()
+
+        def kick_off(new: NewOrchestration, batches: Any) -> None:
+            try:
+                store.create_orchestration(new, batches)
+            except BaseException as exc:
+                errors.append(exc)
+
+        a = threading.Thread(target=kick_off, args=(first, slow_batches()))
+        a.start()
+        assert inside.wait(timeout=5)
+        b = threading.Thread(target=kick_off, args=(second, [instances(3)]))
+        b.start()
+        time.sleep(0.2)
+        release.set()
+        a.join()
+        b.join()
+
+        assert errors == []
+        assert store.get_orchestration(first.id).counts.total == 2
+        assert store.get_orchestration(second.id).counts.total == 3
