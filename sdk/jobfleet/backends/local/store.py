@@ -90,13 +90,26 @@ class SqliteStore:
         self._local = threading.local()
         self._opened: list[sqlite3.Connection] = []
         self._opened_lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._use_wal()
         with self._write():
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
 
     # -- plumbing -------------------------------------------------------------
+
+    def _use_wal(self, patience: float = 10.0) -> None:
+        """Switch a new file to WAL (persistent). SQLite answers 'locked' at once, without
+        waiting, when another process is creating the same file, so wait here."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0,
