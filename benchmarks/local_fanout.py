@@ -49,10 +49,9 @@ def jobfleet_run(jobs: int) -> tuple[float, float]:
         start = time.perf_counter()
         orchestration = fleet.kick_off("noop", params, parallelism=2)
         kicked = time.perf_counter() - start
-        store = fleet.backend.store
-        token = store.change_token()
-        while not any(e.orchestration_id == orchestration.id for _, e in fleet.events()):
-            token = store.wait_for_change(token, 1.0)
+        for _, event in fleet.follow_events():
+            if event.orchestration_id == orchestration.id:
+                break
         elapsed = time.perf_counter() - start
         snap = orchestration.status()
         assert snap.counts.succeeded == jobs, snap

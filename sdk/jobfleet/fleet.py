@@ -46,7 +46,7 @@ class Orchestration:
         with the terminal state."""
         store = self.fleet.backend.store
         deadline = None if timeout is None else time.monotonic() + timeout
-        token = store.change_token()
+        token = store.change_token(self.id)
         snap = self.status()
         yield snap
         quiet_since = time.monotonic()
@@ -54,7 +54,7 @@ class Orchestration:
             left = WATCH_SLICE_SECONDS if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 raise WaitTimeout(self.id, timeout or 0.0)
-            token = store.wait_for_change(token, min(left, WATCH_SLICE_SECONDS))
+            token = store.wait_for_change(self.id, token, min(left, WATCH_SLICE_SECONDS))
             current = self.status()
             if current != snap:
                 snap, quiet_since = current, time.monotonic()
@@ -180,13 +180,7 @@ class JobFleet:
 
     def follow_events(self, *, after: int = 0) -> Iterator[tuple[int, JobCompletedEvent]]:
         """Every event after `after`, then each new one as it is published; never ends."""
-        store = self.backend.store
-        token = store.change_token()
-        while True:
-            for cursor, event in self.backend.bus.events(after=after):
-                after = cursor
-                yield cursor, event
-            token = store.wait_for_change(token, WATCH_SLICE_SECONDS)
+        return self.backend.bus.follow(after=after)
 
 
 def _check_options(options: RunOptions, tags: dict[str, str]) -> None:

@@ -515,27 +515,27 @@ class TestStoreContract:
     ) -> None:
         oid = create(store)
         other = store_factory.open()
-        token = store.change_token()
+        token = store.change_token(oid)
         writer = threading.Timer(0.1, other.set_execution, args=(oid, "executions/e-1"))
 
         started = time.monotonic()
         writer.start()
-        new_token = store.wait_for_change(token, timeout=10.0)
+        new_token = store.wait_for_change(oid, token, timeout=10.0)
         waited = time.monotonic() - started
         writer.join()
 
         assert new_token != token
         assert waited < 5.0
         assert store.get_orchestration(oid).execution == "executions/e-1"
-        assert store.change_token() == new_token  # nothing has changed since
+        assert store.change_token(oid) == new_token  # nothing has changed since
 
     @pytest.mark.timeout(20)
     def test_wait_for_change_times_out_without_writes(self, store: Store) -> None:
-        create(store)
-        token = store.change_token()
+        oid = create(store)
+        token = store.change_token(oid)
 
         started = time.monotonic()
-        after = store.wait_for_change(token, timeout=0.3)
+        after = store.wait_for_change(oid, token, timeout=0.3)
         waited = time.monotonic() - started
 
         assert after == token
@@ -543,11 +543,11 @@ class TestStoreContract:
 
     def test_change_token_moves_after_a_write_through_the_same_store(self, store: Store) -> None:
         oid = create(store)
-        token = store.change_token()
+        token = store.change_token(oid)
 
         store.cancel(oid, now=T0)
 
-        assert store.change_token() != token
+        assert store.change_token(oid) != token
 
     # -- one store object shared by threads (the SDK's *_async methods use threads) -----------
 

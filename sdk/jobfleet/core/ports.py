@@ -94,11 +94,15 @@ class Store(Protocol):
     def outcomes(self, orchestration_id: str) -> Iterator[Success | Failure]:
         """Every terminal instance, as a Success or a Failure with its original params."""
 
-    def change_token(self) -> int:
-        """An opaque value that differs after any write by any process."""
+    def change_token(self, orchestration_id: str) -> int:
+        """An opaque value that differs after any write to the orchestration or its
+        instances, by any process (it may also move on other writes)."""
 
-    def wait_for_change(self, token: int, timeout: float) -> int:
-        """Block until the change token differs from `token` (or timeout); return it."""
+    def wait_for_change(self, orchestration_id: str, token: int, timeout: float) -> int:
+        """Block until the change token differs from `token` (or timeout); return it.
+
+        Pushed where the store can (a Firestore listener), never a busy loop.
+        """
 
     def close(self) -> None: ...
 
@@ -123,3 +127,6 @@ class EventBus(Protocol):
 
     def events(self, *, after: int = 0) -> Iterator[tuple[int, JobCompletedEvent]]:
         """Events published so far, after cursor `after`, with their cursors."""
+
+    def follow(self, *, after: int = 0) -> Iterator[tuple[int, JobCompletedEvent]]:
+        """The events after `after`, then each new one as it is published; never ends."""

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from jobfleet.core.models import JobCompletedEvent
+
+FOLLOW_PAUSE_MAX = 0.05
 
 
 class LocalEventLog:
     """An EventBus whose subscribers read the log (`jobfleet events --follow`)."""
 
     def __init__(self, path: Path) -> None:
-        # The store created the events table; the log keeps a connection of its own.
+        # The store created the events table; the log keeps connections of its own.
+        self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
 
     def publish(self, event: JobCompletedEvent) -> None:
@@ -30,6 +34,23 @@ class LocalEventLog:
         ).fetchall()
         for seq, data in rows:
             yield seq, JobCompletedEvent.from_json(json.loads(data))
+
+    def follow(self, *, after: int = 0) -> Iterator[tuple[int, JobCompletedEvent]]:
+        """Reads again whenever SQLite's data_version says some connection committed."""
+        watch = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        try:
+            seen, pause = -1, 0.002
+            while True:
+                version = watch.execute("PRAGMA data_version").fetchone()[0]
+                if version != seen:
+                    seen, pause = version, 0.002
+                    for cursor, event in self.events(after=after):
+                        after = cursor
+                        yield cursor, event
+                time.sleep(pause)
+                pause = min(pause * 2, FOLLOW_PAUSE_MAX)
+        finally:
+            watch.close()
 
     def close(self) -> None:
         self._db.close()

@@ -414,15 +414,15 @@ class SqliteStore:
 
     # -- changes ------------------------------------------------------------------
 
-    def change_token(self) -> int:
+    def change_token(self, orchestration_id: str) -> int:
         """SQLite's data_version moves whenever another connection commits."""
         return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
 
-    def wait_for_change(self, token: int, timeout: float) -> int:
+    def wait_for_change(self, orchestration_id: str, token: int, timeout: float) -> int:
         deadline = time.monotonic() + timeout
         pause = 0.002
         while True:
-            current = self.change_token()
+            current = self.change_token(orchestration_id)
             if current != token or time.monotonic() >= deadline:
                 return current
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
