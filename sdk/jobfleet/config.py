@@ -11,6 +11,9 @@ from jobfleet.core.registry import split_modules
 from jobfleet.errors import ConfigurationError
 
 BACKENDS = ("local", "gcp")
+DEFAULT_REGION = "us-central1"
+DEFAULT_CLOUD_RUN_JOB = "jobfleet-worker"
+DEFAULT_TOPIC = "jobfleet-job-completed"
 
 
 def default_home(env: Mapping[str, str]) -> Path:
@@ -23,6 +26,12 @@ class Settings:
     backend: str = "local"
     home: Path = field(default_factory=lambda: default_home(os.environ))
     jobs_modules: tuple[str, ...] = ()
+    # The gcp backend's settings (DESIGN.md, configuration):
+    project: str | None = None
+    region: str = DEFAULT_REGION
+    cloud_run_job: str = DEFAULT_CLOUD_RUN_JOB
+    cloud_run_endpoint: str | None = None
+    topic: str = DEFAULT_TOPIC
 
     @classmethod
     def from_env(
@@ -47,7 +56,19 @@ class Settings:
             backend=chosen,
             home=Path(home or env.get("JOBFLEET_HOME") or default_home(env)).expanduser(),
             jobs_modules=tuple(modules),
+            project=env.get("GOOGLE_CLOUD_PROJECT") or None,
+            region=env.get("JOBFLEET_REGION") or DEFAULT_REGION,
+            cloud_run_job=env.get("JOBFLEET_CLOUD_RUN_JOB") or DEFAULT_CLOUD_RUN_JOB,
+            cloud_run_endpoint=env.get("JOBFLEET_CLOUD_RUN_ENDPOINT") or None,
+            topic=env.get("JOBFLEET_TOPIC") or DEFAULT_TOPIC,
         )
+
+    def require_project(self) -> str:
+        if not self.project:
+            raise ConfigurationError(
+                "the gcp backend needs a project: set GOOGLE_CLOUD_PROJECT"
+            )
+        return self.project
 
     @property
     def database(self) -> Path:
@@ -59,8 +80,13 @@ class Settings:
 
     def environment(self) -> dict[str, str]:
         """The settings as the variables a worker process reads."""
-        return {
+        env = {
             "JOBFLEET_BACKEND": self.backend,
-            "JOBFLEET_HOME": str(self.home),
             "JOBFLEET_JOBS": ",".join(self.jobs_modules),
         }
+        if self.backend == "local":
+            env["JOBFLEET_HOME"] = str(self.home)
+        else:
+            env["GOOGLE_CLOUD_PROJECT"] = self.require_project()
+            env["JOBFLEET_TOPIC"] = self.topic
+        return env

@@ -61,7 +61,9 @@ class Assignment:
         return cls(
             job_name=env["JOB_NAME"],
             orchestration_id=env["ORCHESTRATION_ID"],
-            task_index=int(env.get("CLOUD_RUN_TASK_INDEX", "0")),
+            # An orchestration split over several executions numbers its shards on.
+            task_index=int(env.get("JOBFLEET_SHARD_OFFSET", "0"))
+            + int(env.get("CLOUD_RUN_TASK_INDEX", "0")),
             task_count=int(env.get("CLOUD_RUN_TASK_COUNT", "1")),
             task_attempt=int(env.get("CLOUD_RUN_TASK_ATTEMPT", "0")),
             job_id=env.get("JOB_ID") or None,
@@ -154,10 +156,11 @@ class Worker:
         bus: EventBus,
         *,
         lease: float = LEASE_SECONDS,
+        settles: bool = True,
     ) -> None:
         self.a = assignment
         self.definition = definition
-        self.store, self.bus, self.lease = store, bus, lease
+        self.store, self.bus, self.lease, self.settles = store, bus, lease, settles
         self.owner = assignment.owner
         snap = store.get_orchestration(assignment.orchestration_id)
         self.policy = RetryPolicy.of(snap.options)
@@ -203,7 +206,8 @@ class Worker:
     def record(self, outcomes: list[Outcome]) -> None:
         if outcomes:
             self.store.record_outcomes(self.a.orchestration_id, outcomes)
-            settle(self.store, self.bus, self.a.orchestration_id)
+            if self.settles:
+                settle(self.store, self.bus, self.a.orchestration_id)
 
     def recover_previous_attempt(self) -> None:
         """A retried task takes back what its dead predecessor held (Cloud Run runs one
@@ -257,7 +261,10 @@ def main(env: Mapping[str, str] | None = None) -> int:
     heartbeat = Heartbeat(open_store(settings), assignment.owner, LEASE_SECONDS)
     heartbeat.start()
     try:
-        Worker(assignment, definition, backend.store, backend.bus).run()
+        Worker(
+            assignment, definition, backend.store, backend.bus,
+            settles=backend.worker_settles,
+        ).run()
     finally:
         heartbeat.stop()
         backend.close()

@@ -16,6 +16,9 @@ class Backend:
     launcher: Launcher
     bus: EventBus
     default_parallelism: int
+    # Locally the worker announces completion itself; on Google Cloud the
+    # Firestore-triggered function does, and workers only write their instances.
+    worker_settles: bool = True
 
     def close(self) -> None:
         self.store.close()
@@ -26,22 +29,17 @@ def open_store(settings: Settings) -> Store:
         from jobfleet.backends.local.store import SqliteStore
 
         return SqliteStore(settings.database)
-    raise ConfigurationError(
-        f"the {settings.backend!r} backend is not available in this version; use local"
-    )
+    raise ConfigurationError(f"the {settings.backend!r} backend is not available yet; use local")
 
 
 def open_backend(settings: Settings) -> Backend:
-    if settings.backend == "local":
-        from jobfleet.backends.local.events import LocalEventLog
-        from jobfleet.backends.local.launcher import ProcessLauncher
+    store = open_store(settings)
+    from jobfleet.backends.local.events import LocalEventLog
+    from jobfleet.backends.local.launcher import ProcessLauncher
 
-        store = open_store(settings)
-        return Backend(
-            store=store,
-            launcher=ProcessLauncher(settings),
-            bus=LocalEventLog(settings.database),
-            default_parallelism=os.cpu_count() or 2,
-        )
-    open_store(settings)
-    raise AssertionError("unreachable")
+    return Backend(
+        store=store,
+        launcher=ProcessLauncher(settings),
+        bus=LocalEventLog(settings.database),
+        default_parallelism=os.cpu_count() or 2,
+    )

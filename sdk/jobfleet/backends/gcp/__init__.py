@@ -1,0 +1,1 @@
+"""The Google Cloud backend: Firestore store, Cloud Run Jobs launcher, Pub/Sub events."""
