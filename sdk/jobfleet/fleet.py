@@ -14,6 +14,7 @@ from jobfleet.config import Settings
 from jobfleet.core import params as param_sets
 from jobfleet.core.completion import abandon, settle
 from jobfleet.core.models import (
+    EVENT_ATTRIBUTES,
     JobCompletedEvent,
     NewOrchestration,
     OrchestrationSnapshot,
@@ -193,5 +194,7 @@ def _check_options(options: RunOptions, tags: dict[str, str]) -> None:
     for key, value in tags.items():
         if not isinstance(key, str) or not key or key.startswith("goog"):
             raise InvalidOption(f"tag key {key!r} must be a non-empty string not starting 'goog'")
+        if key in EVENT_ATTRIBUTES:
+            raise InvalidOption(f"tag key {key!r} is reserved for the completion event")
         if not isinstance(value, str):
             raise InvalidOption(f"tag {key!r} must have a string value, got {value!r}")

@@ -109,6 +109,8 @@ def test_bad_params_are_refused_and_nothing_is_created(fleet: JobFleet) -> None:
         fleet.kick_off("no_such_job", [{}])
     with pytest.raises(InvalidOption, match="parallelism"):
         fleet.kick_off("maybe_fail", [{"n": 1}], parallelism=0)
+    with pytest.raises(InvalidOption, match="'status' is reserved"):
+        fleet.kick_off("maybe_fail", [{"n": 1}], tags={"status": "urgent"})
     assert fleet.history() == []
 
 

@@ -52,6 +52,21 @@ def settle(store: Store, bus: EventBus, orchestration_id: str) -> OrchestrationS
     return snap
 
 
+def settle_after_instance(
+    store: Store, bus: EventBus, orchestration_id: str, shard: int
+) -> OrchestrationSnapshot | None:
+    """After an instance of `shard` became terminal: settle once its shard is done.
+
+    Only the write that finishes a shard can be the one that finishes the
+    orchestration, so the other writes cost one cheap look at their shard. When the
+    last two shards finish at once, each caller settles after its own write is
+    committed, so the later one sees every shard done.
+    """
+    if store.unfinished(orchestration_id, shard):
+        return None
+    return settle(store, bus, orchestration_id)
+
+
 def abandon(store: Store, bus: EventBus, orchestration_id: str, why: str) -> OrchestrationSnapshot:
     """The execution is gone with instances unfinished: they end Errored (WorkerLost),
     so that nothing stays InProgress forever, and the end is announced."""

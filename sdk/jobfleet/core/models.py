@@ -47,6 +47,9 @@ class ErrorInfo:
 
 WORKER_LOST = "WorkerLost"
 
+# A JobCompletedEvent's fixed Pub/Sub attributes; tags become attributes beside them.
+EVENT_ATTRIBUTES = frozenset({"event_id", "orchestration_id", "job_name", "status"})
+
 
 @dataclass(frozen=True, slots=True)
 class RunOptions:

@@ -28,3 +28,8 @@ def can_move(current: Status, target: Status) -> bool:
 def check_move(current: Status, target: Status) -> None:
     if not can_move(current, target):
         raise IllegalTransition(f"a job instance cannot go from {current} to {target}")
+
+
+def became_terminal(before: Status | None, after: Status | None) -> bool:
+    """A write that moved an instance into a terminal state (None: no document)."""
+    return after is not None and after.terminal and not (before is not None and before.terminal)
