@@ -7,7 +7,13 @@ import itertools
 import pytest
 
 from jobfleet.core.models import Status
-from jobfleet.core.states import TRANSITIONS, IllegalTransition, can_move, check_move
+from jobfleet.core.states import (
+    TRANSITIONS,
+    IllegalTransition,
+    became_terminal,
+    can_move,
+    check_move,
+)
 
 # DESIGN.md, "State": the only moves a job instance may make.
 LEGAL: set[tuple[Status, Status]] = {
@@ -54,3 +60,20 @@ def test_terminal_statuses_are_exactly_those_with_no_way_out(status: Status) -> 
 def test_illegal_transition_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="cannot go from Completed to InProgress"):
         check_move(Status.COMPLETED, Status.IN_PROGRESS)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        (Status.IN_PROGRESS, Status.COMPLETED, True),
+        (Status.IN_PROGRESS, Status.ERRORED, True),
+        (Status.PENDING, Status.CANCELLED, True),
+        (None, Status.COMPLETED, True),  # first sight of a document already finished
+        (Status.COMPLETED, Status.COMPLETED, False),  # a rewrite of a finished instance
+        (Status.PENDING, Status.IN_PROGRESS, False),
+        (Status.IN_PROGRESS, Status.PENDING, False),  # a retry
+        (Status.COMPLETED, None, False),  # a deletion
+    ],
+)
+def test_became_terminal(before: Status | None, after: Status | None, expected: bool) -> None:
+    assert became_terminal(before, after) is expected
