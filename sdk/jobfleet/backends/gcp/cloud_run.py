@@ -1,0 +1,188 @@
+"""The Cloud Run Jobs launcher: an orchestration's workers are the tasks of one execution.
+
+The Cloud Run job (`JOBFLEET_CLOUD_RUN_JOB`) runs `jobfleet worker`; each RunJob
+call overrides only its task count and environment. One orchestration is one
+RunJob call (DESIGN.md: Admin API calls are O(1) per orchestration, parameter
+sets live in the store and never in the environment); past Cloud Run's 10,000
+tasks per execution it is a few executions, whose tasks number their shards on
+from JOBFLEET_SHARD_OFFSET. No task timeout is set: a task runs a whole shard of
+instances, so the per-attempt timeout says nothing about how long a task may take
+(the worker enforces it per attempt).
+
+`launch` returns as soon as Cloud Run has accepted the execution: the long-running
+operation's metadata already names it, and waiting for the operation would mean
+waiting for every task to finish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import requests
+from google.api_core.client_options import ClientOptions
+from google.api_core.exceptions import (
+    BadGateway,
+    FailedPrecondition,
+    GatewayTimeout,
+    InternalServerError,
+    NotFound,
+    PermissionDenied,
+    ServiceUnavailable,
+    TooManyRequests,
+)
+from google.api_core.retry import Retry, if_exception_type
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import run_v2
+
+from jobfleet.config import Settings
+from jobfleet.core.models import NewOrchestration
+from jobfleet.errors import ConfigurationError, JobfleetError
+
+MAX_TASKS_PER_EXECUTION = 10_000  # Cloud Run's cap
+CALL_TIMEOUT_SECONDS = 30.0
+
+# Quota (429) and server-side hiccups (500, 502, 503, 504 and its gRPC twin
+# DEADLINE_EXCEEDED, a dropped connection) pass; anything else is a mistake to report.
+# RunJob has no request id: a retry after a reply lost on the way back starts a second
+# execution. Its tasks claim from the same shards, so it costs compute, not correctness.
+TRANSIENT_ERRORS = (
+    TooManyRequests,
+    InternalServerError,
+    BadGateway,
+    ServiceUnavailable,
+    GatewayTimeout,
+    requests.exceptions.ConnectionError,
+)
+ADMIN_API_RETRY = Retry(
+    predicate=if_exception_type(*TRANSIENT_ERRORS),
+    initial=0.25,
+    maximum=8.0,
+    multiplier=2.0,
+    timeout=60.0,
+)
+
+Client = TypeVar("Client", run_v2.JobsClient, run_v2.ExecutionsClient)
+
+
+class CloudRunLauncher:
+    def __init__(
+        self,
+        settings: Settings,
+        client: run_v2.JobsClient | None = None,
+        executions: run_v2.ExecutionsClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self.job = (
+            f"projects/{settings.require_project()}/locations/{settings.region}"
+            f"/jobs/{settings.cloud_run_job}"
+        )
+        # Built on first use: a worker opens the backend too, and never launches.
+        self._jobs = client
+        self._executions = executions
+
+    @property
+    def jobs_client(self) -> run_v2.JobsClient:
+        if self._jobs is None:
+            self._jobs = _client(run_v2.JobsClient, self.settings)
+        return self._jobs
+
+    @property
+    def executions_client(self) -> run_v2.ExecutionsClient:
+        if self._executions is None:
+            self._executions = _client(run_v2.ExecutionsClient, self.settings)
+        return self._executions
+
+    def launch(self, orchestration: NewOrchestration, task_count: int, jobs: list[str]) -> str:
+        """One execution per 10,000 tasks; all of them start, or none is left running."""
+        started: list[str] = []
+        try:
+            for offset in range(0, task_count, MAX_TASKS_PER_EXECUTION):
+                count = min(MAX_TASKS_PER_EXECUTION, task_count - offset)
+                started.append(self._run(orchestration, count, offset, jobs))
+        except Exception:
+            with contextlib.suppress(Exception):
+                self.cancel(",".join(started))
+            raise
+        return ",".join(started)
+
+    def _run(
+        self, orchestration: NewOrchestration, task_count: int, offset: int, jobs: list[str]
+    ) -> str:
+        env = {
+            **self.settings.environment(),
+            "JOBFLEET_JOBS": ",".join(dict.fromkeys([*self.settings.jobs_modules, *jobs])),
+            "JOB_NAME": orchestration.job_name,
+            "ORCHESTRATION_ID": orchestration.id,
+            "JOBFLEET_SHARD_OFFSET": str(offset),
+        }
+        overrides = run_v2.RunJobRequest.Overrides(
+            task_count=task_count,
+            container_overrides=[
+                run_v2.RunJobRequest.Overrides.ContainerOverride(
+                    env=[run_v2.EnvVar(name=k, value=v) for k, v in env.items()]
+                )
+            ],
+        )
+        request = run_v2.RunJobRequest(name=self.job, overrides=overrides)
+        try:
+            operation = self.jobs_client.run_job(
+                request=request, retry=ADMIN_API_RETRY, timeout=CALL_TIMEOUT_SECONDS
+            )
+        except (NotFound, PermissionDenied) as exc:
+            raise ConfigurationError(
+                f"cannot run the Cloud Run job {self.job} ({exc.message}); deploy it (its"
+                " container runs `jobfleet worker`) or point JOBFLEET_CLOUD_RUN_JOB,"
+                " JOBFLEET_REGION and GOOGLE_CLOUD_PROJECT at one"
+            ) from exc
+        execution = operation.metadata
+        if not isinstance(execution, run_v2.Execution) or not execution.name:
+            raise JobfleetError(
+                f"Cloud Run accepted a run of {self.job} (operation"
+                f" {operation.operation.name}) but did not name its execution"
+            )
+        return execution.name
+
+    def cancel(self, execution: str) -> None:
+        for name in _names(execution):
+            try:
+                self.executions_client.cancel_execution(
+                    name=name, retry=ADMIN_API_RETRY, timeout=CALL_TIMEOUT_SECONDS
+                )
+            except (NotFound, FailedPrecondition):
+                pass  # gone, or ended already
+
+    def is_running(self, execution: str) -> bool:
+        """Running while any of its executions has no completion time. A failed call
+        raises rather than answering False: False makes the caller give up on the
+        orchestration's unfinished instances."""
+        for name in _names(execution):
+            try:
+                found = self.executions_client.get_execution(
+                    name=name, retry=ADMIN_API_RETRY, timeout=CALL_TIMEOUT_SECONDS
+                )
+            except NotFound:
+                continue
+            if "completion_time" not in found:
+                return True
+        return False
+
+
+def _names(execution: str) -> list[str]:
+    return [name for name in execution.split(",") if name]
+
+
+def _client(kind: type[Client], settings: Settings) -> Client:
+    """With JOBFLEET_CLOUD_RUN_ENDPOINT, the REST transport goes there, anonymously over
+    plain http (the local stand-in); without it, the production client's defaults."""
+    endpoint = settings.cloud_run_endpoint
+    if not endpoint:
+        return kind()
+    parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    anonymous = AnonymousCredentials()  # type: ignore[no-untyped-call]
+    return kind(
+        transport="rest",
+        client_options=ClientOptions(api_endpoint=f"{parts.scheme}://{parts.netloc}"),
+        credentials=anonymous if parts.scheme == "http" else None,
+    )

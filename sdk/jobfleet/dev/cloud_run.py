@@ -1,0 +1,463 @@
+"""A local stand-in for the Cloud Run Admin API (v2, REST), for development and tests.
+
+It answers the calls the launcher makes (RunJob, GetExecution, CancelExecution, and
+the operation poll) in the wire format the Google client library's REST transport
+speaks, and runs each execution's tasks as real `jobfleet worker` processes with
+Cloud Run's environment (through TaskSet, the same task runner the local backend
+uses). So the production launcher is the code under test, end to end, without a
+cloud project. It counts the calls it receives, so that tests can hold the
+"O(1) Admin API calls per orchestration" cost principle, and can be told to fail
+RunJob calls, so that tests can see the launcher retry.
+
+    python -m jobfleet.dev.cloud_run --port 8123 --project demo --region us-central1 \\
+        --job jobfleet-worker --parallelism 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+from typing import Any
+from urllib.parse import urlsplit
+
+from jobfleet.backends.local.tasks import TaskSet
+
+WORKER_COMMAND = (sys.executable, "-m", "jobfleet", "worker")
+DEFAULT_MAX_RETRIES = 3  # Cloud Run's default
+TICK_SECONDS = 0.05
+EXECUTION_TYPE = "type.googleapis.com/google.cloud.run.v2.Execution"
+
+# google.rpc.Code names as the JSON error body carries them.
+STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+Json = dict[str, Any]
+Reply = tuple[int, Json]
+
+_JOB = r"/v2/projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)/jobs/(?P<job>[^/:]+)"
+ROUTES: list[tuple[str, str, re.Pattern[str]]] = [
+    ("POST", "RunJob", re.compile(_JOB + r":run")),
+    ("GET", "GetExecution", re.compile(_JOB + r"/executions/(?P<execution>[^/:]+)")),
+    ("POST", "CancelExecution", re.compile(_JOB + r"/executions/(?P<execution>[^/:]+):cancel")),
+    ("GET", "GetOperation", re.compile(
+        r"/v2/projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)"
+        r"/operations/(?P<operation>[^/:]+)"
+    )),
+]
+
+
+class ApiError(Exception):
+    """Answered as Google's JSON error body: {"error": {"code", "message", "status"}}."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def reply(self) -> Reply:
+        status = STATUS_NAMES.get(self.code, "UNKNOWN")
+        return self.code, {"error": {"code": self.code, "message": str(self), "status": status}}
+
+
+def _timestamp(at: float | None) -> str | None:
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class Execution:
+    """One RunJob: its tasks, the environment they got, and what came of them."""
+
+    name: str
+    job: str
+    task_count: int
+    parallelism: int
+    max_retries: int
+    env: dict[str, str]  # the job's env with the overrides applied (not os.environ)
+    timeout: str | None
+    tasks: TaskSet | None  # None when the stand-in does not run tasks
+    created_at: float = field(default_factory=time.time)
+    completed_at: float | None = None
+    cancelled: bool = False
+    failed_before_cancel: int = 0  # killed tasks count as cancelled, not failed
+
+    def advance(self) -> None:
+        """Collect ended tasks, start waiting ones, and note the end."""
+        if self.completed_at is not None:
+            return
+        if self.tasks is not None:
+            self.tasks.step()
+        if self.tasks is None or self.tasks.finished:
+            self.completed_at = time.time()
+
+    def cancel(self) -> None:
+        if self.completed_at is None:
+            self.cancelled = True
+            if self.tasks is not None:
+                self.failed_before_cancel = len(self.tasks.failed)
+                self.tasks.cancel()
+            self.completed_at = time.time()
+
+    def counts(self) -> dict[str, int]:
+        if self.tasks is None:  # not run: counted as succeeded once accepted
+            return {"running": 0, "succeeded": self.task_count, "failed": 0, "cancelled": 0,
+                    "retried": 0}
+        tasks = self.tasks.tasks
+        succeeded = sum(t.succeeded for t in tasks)
+        running = len(self.tasks.running)
+        if self.cancelled:
+            failed = self.failed_before_cancel
+            cancelled = len(tasks) - succeeded - failed
+        else:
+            failed, cancelled = len(self.tasks.failed), 0
+        return {"running": running, "succeeded": succeeded, "failed": failed,
+                "cancelled": cancelled, "retried": sum(t.attempt for t in tasks)}
+
+    def to_json(self) -> Json:
+        """The Execution resource as the v2 REST API writes it (camelCase, RFC 3339)."""
+        counts = self.counts()
+        if self.completed_at is None:
+            condition = {"type": "Completed", "state": "CONDITION_PENDING"}
+        elif self.cancelled or counts["failed"]:
+            reason = "CANCELLED" if self.cancelled else "NON_ZERO_EXIT_CODE"
+            condition = {"type": "Completed", "state": "CONDITION_FAILED",
+                         "executionReason": reason}
+        else:
+            condition = {"type": "Completed", "state": "CONDITION_SUCCEEDED"}
+        body: Json = {
+            "name": self.name,
+            "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, self.name)),
+            "job": self.job,
+            "createTime": _timestamp(self.created_at),
+            "startTime": _timestamp(self.created_at),
+            "completionTime": _timestamp(self.completed_at),
+            "parallelism": self.parallelism,
+            "taskCount": self.task_count,
+            "template": {
+                "containers": [{"env": [{"name": k, "value": v} for k, v in self.env.items()]}],
+                "maxRetries": self.max_retries,
+                "timeout": self.timeout,
+            },
+            "reconciling": self.completed_at is None,
+            "conditions": [condition],
+            "runningCount": counts["running"],
+            "succeededCount": counts["succeeded"],
+            "failedCount": counts["failed"],
+            "cancelledCount": counts["cancelled"],
+            "retriedCount": counts["retried"],
+        }
+        return _without_nulls(body)
+
+
+def _without_nulls(data: Json) -> Json:
+    return {
+        k: _without_nulls(v) if isinstance(v, dict) else v
+        for k, v in data.items() if v is not None
+    }
+
+
+class CloudRunStandIn:
+    """The Admin API of one Cloud Run job, served on 127.0.0.1 from a background thread.
+
+    `run_tasks=False` records executions without starting processes (each counts
+    as succeeded at once): for tests about the shape of RunJob calls, such as a
+    25,000-task orchestration split over three executions.
+    """
+
+    def __init__(
+        self,
+        *,
+        project: str,
+        region: str,
+        job: str,
+        parallelism: int = 0,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        env: Mapping[str, str] | None = None,
+        command: Sequence[str] = WORKER_COMMAND,
+        port: int = 0,
+        run_tasks: bool = True,
+    ) -> None:
+        self.project, self.region, self.job = project, region, job
+        self.parallelism = parallelism  # 0: every task at once, as Cloud Run's default
+        self.max_retries = max_retries
+        self.env = dict(env or {})
+        self.command = tuple(command)
+        self.run_tasks = run_tasks
+        self._port = port
+        self._lock = threading.Lock()
+        self._calls: Counter[str] = Counter()
+        self._failures: list[int] = []  # HTTP statuses for the next RunJob calls
+        self._executions: dict[str, Execution] = {}
+        self._operations: dict[str, str] = {}  # operation name -> execution name
+        self._stopped = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def start(self) -> CloudRunStandIn:
+        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), _handler_for(self))
+        self._server.daemon_threads = True
+        self._threads = [
+            threading.Thread(target=self._server.serve_forever, args=(TICK_SECONDS,),
+                             name="cloud-run-standin", daemon=True),
+            threading.Thread(target=self._drive, name="cloud-run-standin-tasks", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and kill every task still running: nothing outlives the stand-in."""
+        self._stopped.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        for thread in self._threads:
+            thread.join()
+        with self._lock:
+            for execution in self._executions.values():
+                execution.cancel()
+
+    def __enter__(self) -> CloudRunStandIn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the stand-in is not started")
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    # -- what tests look at and steer ---------------------------------------------
+
+    @property
+    def calls(self) -> dict[str, int]:
+        """Calls received per method, failed ones included."""
+        with self._lock:
+            return dict(self._calls)
+
+    @property
+    def executions(self) -> list[Execution]:
+        with self._lock:
+            return list(self._executions.values())
+
+    def execution(self, name: str) -> Execution:
+        with self._lock:
+            return self._executions[name]
+
+    def fail_next(self, n: int, status: int = 503) -> None:
+        """The next `n` RunJob calls answer `status` with a Google error body."""
+        with self._lock:
+            self._failures.extend([status] * n)
+
+    # -- the API ------------------------------------------------------------------
+
+    def handle(self, method: str, path: str, body: Json) -> Reply:
+        path = urlsplit(path).path
+        if method == "GET" and path == "/_standin/calls":
+            return 200, self.calls
+        for verb, name, pattern in ROUTES:
+            match = pattern.fullmatch(path)
+            if verb == method and match:
+                with self._lock:
+                    self._calls[name] += 1
+                    try:
+                        return 200, self._dispatch(name, match.groupdict(), body)
+                    except ApiError as exc:
+                        return exc.reply()
+        return ApiError(404, f"{method} {path} is not a Cloud Run Admin API v2 method this"
+                             " stand-in serves").reply()
+
+    def _dispatch(self, method: str, where: dict[str, str], body: Json) -> Json:
+        self._check_location(where)
+        if method == "GetOperation":
+            return self._operation(where["operation"])
+        self._check_job(where)
+        if method == "RunJob":
+            if self._failures:
+                raise ApiError(self._failures.pop(0), "injected failure: try again later")
+            return self._run(body.get("overrides") or {})
+        execution = self._find(where)
+        if method == "CancelExecution":
+            execution.cancel()
+            return self._new_operation(execution)
+        execution.advance()
+        return execution.to_json()
+
+    def _check_location(self, where: dict[str, str]) -> None:
+        if (where["project"], where["region"]) != (self.project, self.region):
+            raise ApiError(404, f"Location projects/{where['project']}/locations/"
+                                f"{where['region']} is not served here (this stand-in serves"
+                                f" projects/{self.project}/locations/{self.region})")
+
+    def _check_job(self, where: dict[str, str]) -> None:
+        if where["job"] != self.job:
+            raise ApiError(404, f"Resource '{where['job']}' of kind 'JOB' in region"
+                                f" '{self.region}' in project '{self.project}' does not exist.")
+
+    def _find(self, where: dict[str, str]) -> Execution:
+        name = f"{self._job_name()}/executions/{where['execution']}"
+        try:
+            return self._executions[name]
+        except KeyError:
+            raise ApiError(404, f"Resource '{where['execution']}' of kind 'EXECUTION' in"
+                                f" region '{self.region}' in project '{self.project}'"
+                                " does not exist.") from None
+
+    def _job_name(self) -> str:
+        return f"projects/{self.project}/locations/{self.region}/jobs/{self.job}"
+
+    def _run(self, overrides: Json) -> Json:
+        if self._stopped.is_set():  # stop() is killing every task: start none
+            raise ApiError(503, "the stand-in is stopping")
+        task_count = int(_field(overrides, "taskCount", "task_count") or 1)
+        env = dict(self.env)
+        for container in _field(overrides, "containerOverrides", "container_overrides") or []:
+            env.update({e["name"]: e.get("value", "") for e in container.get("env") or []})
+        name = f"{self._job_name()}/executions/{self.job}-{uuid.uuid4().hex[:5]}"
+        parallelism = min(self.parallelism or task_count, task_count)
+        tasks = None
+        if self.run_tasks:
+            tasks = TaskSet(
+                command=self.command,
+                env={**os.environ, **env, "CLOUD_RUN_JOB": self.job,
+                     "CLOUD_RUN_EXECUTION": name.rsplit("/", 1)[-1]},
+                task_count=task_count,
+                parallelism=parallelism,
+                max_retries=self.max_retries,
+            )
+        execution = Execution(
+            name=name, job=self.job, task_count=task_count, parallelism=parallelism,
+            max_retries=self.max_retries, env=env, timeout=overrides.get("timeout"),
+            tasks=tasks,
+        )
+        self._executions[name] = execution
+        execution.advance()
+        return self._new_operation(execution)
+
+    def _new_operation(self, execution: Execution) -> Json:
+        name = f"projects/{self.project}/locations/{self.region}/operations/{uuid.uuid4()}"
+        self._operations[name] = execution.name
+        return self._operation(name.rsplit("/", 1)[-1])
+
+    def _operation(self, operation_id: str) -> Json:
+        """A google.longrunning.Operation: the Execution is its metadata, and once the
+        execution has ended, also its response."""
+        name = f"projects/{self.project}/locations/{self.region}/operations/{operation_id}"
+        if name not in self._operations:
+            raise ApiError(404, f"Operation {name} does not exist.")
+        execution = self._executions[self._operations[name]]
+        resource = {"@type": EXECUTION_TYPE, **execution.to_json()}
+        operation: Json = {"name": name, "metadata": resource,
+                           "done": execution.completed_at is not None}
+        if operation["done"]:
+            operation["response"] = resource
+        return operation
+
+    def _drive(self) -> None:
+        while not self._stopped.wait(TICK_SECONDS):
+            with self._lock:
+                for execution in self._executions.values():
+                    execution.advance()
+
+
+def _field(data: Json, camel: str, snake: str) -> Any:
+    """Proto3 JSON accepts both spellings of a field name."""
+    return data.get(camel, data.get(snake))
+
+
+def _handler_for(standin: CloudRunStandIn) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self._answer("GET")
+
+        def do_POST(self) -> None:
+            self._answer("POST")
+
+        def _answer(self, method: str) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            try:
+                body = json.loads(raw) if raw.strip() else {}
+            except ValueError:
+                status, reply = ApiError(400, "the request body is not JSON").reply()
+            else:
+                status, reply = standin.handle(method, self.path, body)
+            data = json.dumps(reply).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # the call counts say what was called; keep test output clean
+
+    return Handler
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobfleet.dev.cloud_run",
+        description="Serve a stand-in Cloud Run Admin API whose tasks are local processes.",
+    )
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--project", required=True)
+    parser.add_argument("--region", required=True)
+    parser.add_argument("--job", required=True)
+    parser.add_argument("--parallelism", type=int, default=0,
+                        help="tasks running at once (0: all of them)")
+    parser.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES)
+    parser.add_argument("--env", type=_env_pair, action="append", default=[],
+                        metavar="KEY=VALUE", help="the job's container environment")
+    args = parser.parse_args(argv)
+    standin = CloudRunStandIn(
+        project=args.project, region=args.region, job=args.job, parallelism=args.parallelism,
+        max_retries=args.max_retries, env=dict(args.env), port=args.port,
+    ).start()
+    done = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"JOBFLEET_CLOUD_RUN_ENDPOINT={standin.url}", flush=True)
+    done.wait()
+    standin.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
