@@ -42,6 +42,16 @@ class ConfigurationError(JobfleetError):
     """A setting is missing or wrong."""
 
 
+class LaunchFailed(JobfleetError):
+    """The workers could not be started; the orchestration was ended Errored."""
+
+    def __init__(self, orchestration_id: str, cause: BaseException) -> None:
+        super().__init__(
+            f"could not start the workers of orchestration {orchestration_id}: {cause}"
+        )
+        self.orchestration_id = orchestration_id
+
+
 class WaitTimeout(JobfleetError, TimeoutError):
     def __init__(self, orchestration_id: str, timeout: float) -> None:
         super().__init__(

@@ -23,7 +23,7 @@ from jobfleet.core.models import (
 )
 from jobfleet.core.registry import get_job, import_jobs, job_sources
 from jobfleet.core.results import Results, partition
-from jobfleet.errors import InvalidOption, WaitTimeout
+from jobfleet.errors import InvalidOption, LaunchFailed, WaitTimeout
 
 WATCH_SLICE_SECONDS = 1.0
 LOST_CHECK_SECONDS = 2.0  # with no progress for this long, check the execution is alive
@@ -154,11 +154,17 @@ class JobFleet:
             created_at=time.time(),
         )
         batches = param_sets.instance_batches(definition, params, shards=options.parallelism)
-        total = self.backend.store.create_orchestration(new, batches)
-        execution = self.backend.launcher.launch(
-            new, options.task_count(total), job_sources([job_name])
-        )
-        self.backend.store.set_execution(new.id, execution)
+        backend = self.backend
+        total = backend.store.create_orchestration(new, batches)
+        try:
+            execution = backend.launcher.launch(
+                new, options.task_count(total), job_sources([job_name])
+            )
+        except Exception as exc:
+            # Nothing may stay InProgress with no worker to finish it.
+            abandon(backend.store, backend.bus, new.id, f"launch failed: {exc}")
+            raise LaunchFailed(new.id, exc) from exc
+        backend.store.set_execution(new.id, execution)
         return Orchestration(self, new.id)
 
     async def kick_off_async(

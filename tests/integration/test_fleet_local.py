@@ -10,6 +10,7 @@ from jobfleet import (
     InvalidOption,
     InvalidParams,
     JobFleet,
+    LaunchFailed,
     Status,
     UnknownJob,
     UnknownOrchestration,
@@ -158,3 +159,24 @@ def test_history_survives_a_new_process(fleet: JobFleet, home: Path) -> None:
         assert [s.id for s in again.history()] == [orchestration.id]
         with pytest.raises(UnknownOrchestration):
             again.orchestration("not-an-id")
+
+
+def test_a_launch_that_fails_ends_the_orchestration_instead_of_leaving_it_running(
+    fleet: JobFleet,
+) -> None:
+    class Unreachable:
+        def launch(self, *args: object) -> str:
+            raise OSError("no route to the compute API")
+
+        def cancel(self, execution: str) -> None: ...
+
+        def is_running(self, execution: str) -> bool:
+            return False
+
+    fleet.backend.launcher = Unreachable()
+    with pytest.raises(LaunchFailed, match="no route to the compute API") as raised:
+        fleet.kick_off("maybe_fail", [{"n": 1}, {"n": 2}])
+    snap = fleet.orchestration(raised.value.orchestration_id).status()
+    assert snap.status is Status.ERRORED and snap.counts.failed == 2
+    events = [e for _, e in fleet.events() if e.orchestration_id == snap.id]
+    assert [e.status for e in events] == [Status.ERRORED]
