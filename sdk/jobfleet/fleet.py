@@ -66,11 +66,16 @@ class Orchestration:
 
     def _recover_if_lost(self, snap: OrchestrationSnapshot) -> None:
         """The reaper of last resort: the whole execution (supervisor and workers, or
-        every Cloud Run task) is gone while instances are unfinished."""
+        every Cloud Run task) is gone while instances are unfinished. When every
+        instance is terminal, announcing is the completion detector's job."""
         backend = self.fleet.backend
         if snap.status.terminal:
             settle(backend.store, backend.bus, self.id)  # an event whose publish failed
-        elif snap.execution and not backend.launcher.is_running(snap.execution):
+        elif (
+            snap.execution
+            and backend.store.unfinished(self.id)
+            and not backend.launcher.is_running(snap.execution)
+        ):
             abandon(backend.store, backend.bus, self.id,
                     f"execution {snap.execution} ended with the instance unfinished")
 

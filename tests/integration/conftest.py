@@ -1,14 +1,14 @@
 """Store fixtures: one parametrised `store` over every Store adapter.
 
-Adding an adapter (Firestore on its emulator) is one more entry in STORE_BACKENDS:
-a factory that opens connections to one fresh, shared state.
+Each entry in STORE_BACKENDS is a factory that opens connections to one fresh, shared
+state: a SQLite file in the test's folder, or a Firestore emulator project of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -35,17 +35,29 @@ class StoreFactory:
                 store.close()
 
 
-def _sqlite(tmp_path: Path) -> StoreFactory:
-    path = tmp_path / "jobfleet.db"
+def _sqlite(request: pytest.FixtureRequest) -> StoreFactory:
+    path = request.getfixturevalue("tmp_path") / "jobfleet.db"
     return StoreFactory("sqlite", lambda: SqliteStore(path))
 
 
-STORE_BACKENDS: dict[str, Callable[[Path], StoreFactory]] = {"sqlite": _sqlite}
+def _firestore(request: pytest.FixtureRequest) -> StoreFactory:
+    """A project of its own on the session's emulator, which keeps projects apart."""
+    from jobfleet.backends.gcp.firestore_store import FirestoreStore
+
+    request.getfixturevalue("gcp_env")  # FIRESTORE_EMULATOR_HOST, read by the client
+    project = f"jobfleet-{uuid.uuid4().hex[:16]}"
+    return StoreFactory("firestore", lambda: FirestoreStore(project))
+
+
+STORE_BACKENDS: dict[str, Callable[[pytest.FixtureRequest], StoreFactory]] = {
+    "sqlite": _sqlite,
+    "firestore": _firestore,
+}
 
 
 @pytest.fixture(params=sorted(STORE_BACKENDS))
-def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
-    factory = STORE_BACKENDS[request.param](tmp_path)
+def store_factory(request: pytest.FixtureRequest) -> Iterator[StoreFactory]:
+    factory = STORE_BACKENDS[request.param](request)
     yield factory
     factory.close_all()
 

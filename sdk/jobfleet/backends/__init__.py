@@ -9,6 +9,9 @@ from jobfleet.config import Settings
 from jobfleet.core.ports import EventBus, Launcher, Store
 from jobfleet.errors import ConfigurationError
 
+GCP_DEFAULT_PARALLELISM = 10
+GCP_EXTRA = 'the gcp backend needs the Google Cloud libraries: pip install "jobfleet[gcp]"'
+
 
 @dataclass(slots=True)
 class Backend:
@@ -22,6 +25,7 @@ class Backend:
 
     def close(self) -> None:
         self.store.close()
+        self.bus.close()
 
 
 def open_store(settings: Settings) -> Store:
@@ -29,17 +33,42 @@ def open_store(settings: Settings) -> Store:
         from jobfleet.backends.local.store import SqliteStore
 
         return SqliteStore(settings.database)
-    raise ConfigurationError(f"the {settings.backend!r} backend is not available yet; use local")
+    try:
+        from jobfleet.backends.gcp.firestore_store import FirestoreStore
+    except ImportError as exc:
+        raise ConfigurationError(f"{GCP_EXTRA} ({exc})") from None
+    return FirestoreStore(project=settings.require_project())
+
+
+def open_bus(settings: Settings) -> EventBus:
+    if settings.backend == "local":
+        from jobfleet.backends.local.events import LocalEventLog
+
+        return LocalEventLog(settings.database)
+    try:
+        from jobfleet.backends.gcp.pubsub import PubSubEventBus
+    except ImportError as exc:
+        raise ConfigurationError(f"{GCP_EXTRA} ({exc})") from None
+    return PubSubEventBus(settings.require_project(), settings.topic)
 
 
 def open_backend(settings: Settings) -> Backend:
     store = open_store(settings)
-    from jobfleet.backends.local.events import LocalEventLog
-    from jobfleet.backends.local.launcher import ProcessLauncher
+    if settings.backend == "local":
+        from jobfleet.backends.local.launcher import ProcessLauncher
+
+        return Backend(
+            store=store,
+            launcher=ProcessLauncher(settings),
+            bus=open_bus(settings),
+            default_parallelism=os.cpu_count() or 2,
+        )
+    from jobfleet.backends.gcp.cloud_run import CloudRunLauncher
 
     return Backend(
         store=store,
-        launcher=ProcessLauncher(settings),
-        bus=LocalEventLog(settings.database),
-        default_parallelism=os.cpu_count() or 2,
+        launcher=CloudRunLauncher(settings),
+        bus=open_bus(settings),
+        default_parallelism=GCP_DEFAULT_PARALLELISM,
+        worker_settles=False,
     )

@@ -68,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--json", action="store_true", help="one event object a line")
 
     sub.add_parser("worker", help="run one task's share (the container entrypoint)")
+
+    dev = sub.add_parser("dev", help="the local Google Cloud stack (emulators and all)")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="up|down")
+    dev_up = dev_sub.add_parser("up", help="start it and print the environment to export")
+    dev_up.add_argument("--project", default="jobfleet-dev")
+    dev_up.add_argument("--parallelism", type=int, default=10,
+                        help="Cloud Run job parallelism (tasks at once)")
+    dev_sub.add_parser("down", help="stop everything `dev up` started")
     return parser
 
 
@@ -154,6 +162,28 @@ def cmd_events(fleet: JobFleet, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dev(args: argparse.Namespace) -> int:
+    from jobfleet.config import Settings
+    from jobfleet.dev import stack
+
+    state = Settings.from_env(home=args.home).home / "dev"
+    try:
+        if args.dev_command == "down":
+            stopped = stack.down(state)
+            print("stopped the dev stack" if stopped else "no dev stack was running",
+                  file=sys.stderr)
+            return EXIT_OK
+        print("starting the emulators, the Cloud Run stand-in, the function and the bridge"
+              " ...", file=sys.stderr)
+        running = stack.up(state, project=args.project, parallelism=args.parallelism)
+    except JobfleetError as exc:
+        print(f"jobfleet: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(stack.exports(running.env))
+    print(f"# logs in {state}; stop with: jobfleet dev down", file=sys.stderr)
+    return EXIT_OK
+
+
 def dispatch(fleet: JobFleet, args: argparse.Namespace) -> int:
     command: str = args.command
     if command == "run":
@@ -192,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from jobfleet.worker import main as worker_main
 
         return worker_main()
+    if args.command == "dev":
+        return cmd_dev(args)
     jobs: list[Any] = getattr(args, "jobs_module", [])
     try:
         with JobFleet(home=args.home, jobs_modules=_jobs_modules(jobs)) as fleet:

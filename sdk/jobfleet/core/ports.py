@@ -130,3 +130,5 @@ class EventBus(Protocol):
 
     def follow(self, *, after: int = 0) -> Iterator[tuple[int, JobCompletedEvent]]:
         """The events after `after`, then each new one as it is published; never ends."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,228 @@
+"""jobfleet's documents in Firestore: where they live, what they hold, how they are counted.
+
+    jobfleet_orchestrations/{orchestration_id}                written at kick-off and at the end
+    jobfleet_orchestrations/{orchestration_id}/jobs/{job_id}   one per job instance
+    jobfleet_orchestrations/{orchestration_id}/shards/{shard}  counters of a shard's instances
+    jobfleet_leases/{owner hash}                               a worker's heartbeat
+
+Firestore sustains about one write per second per document, so no document is written
+once per job instance: an orchestration's counts live in its shards' counter documents,
+changed with `Increment` in the same commit as the instances that move, and summed on
+read. Job documents also carry `orchestration_id` and `job_name` for collection-group
+queries. infra/firestore.indexes.json holds the composite indexes the queries need.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections import Counter, defaultdict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_document import DocumentSnapshot
+
+from jobfleet.core.models import (
+    ClaimedInstance,
+    Counts,
+    ErrorInfo,
+    Failure,
+    JsonObject,
+    NewInstance,
+    NewOrchestration,
+    OrchestrationSnapshot,
+    RunOptions,
+    Status,
+    Success,
+)
+
+ORCHESTRATIONS = "jobfleet_orchestrations"
+JOBS = "jobs"
+SHARDS = "shards"
+LEASES = "jobfleet_leases"
+
+MAX_WRITES = 500  # Firestore's limit per commit
+COMMITS_IN_FLIGHT = 4  # batched commits sent at once while a kick-off streams
+
+PENDING, IN_PROGRESS = Status.PENDING.value, Status.IN_PROGRESS.value
+UNFINISHED = [PENDING, IN_PROGRESS]
+TERMINAL = [Status.COMPLETED.value, Status.ERRORED.value, Status.CANCELLED.value]
+# The shard counter an instance in a status counts towards (Pending is what is left).
+COUNTER = {
+    IN_PROGRESS: "in_progress",
+    Status.COMPLETED.value: "succeeded",
+    Status.ERRORED.value: "failed",
+    Status.CANCELLED.value: "cancelled",
+}
+RELEASED = {"owner": None, "lease_until": None}
+
+Snapshot = DocumentSnapshot[firestore.DocumentReference]
+
+
+def lease_id(owner: str) -> str:
+    """Owners contain slashes, which document ids may not."""
+    return hashlib.sha256(owner.encode()).hexdigest()[:40]
+
+
+class ShardCounters:
+    """Counter changes per shard, to be written in the same commit as the instances that
+    move: the counts can then never disagree with the instances."""
+
+    def __init__(self) -> None:
+        self._deltas: defaultdict[int, Counter[str]] = defaultdict(Counter)
+
+    def move(self, shard: int, before: str, after: str) -> None:
+        delta = self._deltas[shard]
+        if before in COUNTER:
+            delta[COUNTER[before]] -= 1
+        if after in COUNTER:
+            delta[COUNTER[after]] += 1
+
+    def write(self, writes: firestore.WriteBatch, ref: firestore.DocumentReference) -> None:
+        """Into the commit, a batch or a transaction, of the orchestration `ref`."""
+        for shard, delta in self._deltas.items():
+            fields = {name: firestore.Increment(n) for name, n in delta.items() if n}
+            if fields:
+                writes.update(ref.collection(SHARDS).document(str(shard)), fields)
+
+
+class BatchedWrites:
+    """Commits of up to MAX_WRITES, a few in flight at once, for writes that need no
+    transaction: a kick-off's documents stay invisible until its orchestration exists."""
+
+    def __init__(self, client: firestore.Client, pool: ThreadPoolExecutor) -> None:
+        self._client, self._pool = client, pool
+        self._batch = client.batch()
+        self._in_flight: deque[Future[Any]] = deque()
+
+    def set(self, ref: firestore.DocumentReference, data: JsonObject) -> None:
+        self._batch.set(ref, data)
+        self._send_when_full()
+
+    def delete(self, ref: firestore.DocumentReference) -> None:
+        self._batch.delete(ref)
+        self._send_when_full()
+
+    def _send_when_full(self) -> None:
+        if len(self._batch) >= MAX_WRITES:
+            self._send()
+
+    def _send(self) -> None:
+        if len(self._batch):
+            self._in_flight.append(self._pool.submit(self._batch.commit))
+            self._batch = self._client.batch()
+        while len(self._in_flight) > COMMITS_IN_FLIGHT:
+            self._in_flight.popleft().result()
+
+    def finish(self) -> None:
+        """Send what is left and wait for every commit; raises the first failure."""
+        self._send()
+        while self._in_flight:
+            self._in_flight.popleft().result()
+
+    def abandon(self) -> None:
+        """Wait for the commits in flight, whatever their fate, so that a clean-up after
+        them finds everything they wrote."""
+        for commit in self._in_flight:
+            with contextlib.suppress(Exception):
+                commit.result()
+        self._in_flight.clear()
+
+
+# -- writing --------------------------------------------------------------------------------
+
+
+def new_orchestration(o: NewOrchestration, *, total: int) -> JsonObject:
+    return {
+        "job_name": o.job_name,
+        "status": IN_PROGRESS,
+        "total": total,
+        "parallelism": o.options.parallelism,
+        "retries": o.options.retries,
+        "backoff": o.options.backoff,
+        "timeout": o.options.timeout,
+        "tags": dict(o.tags),
+        "created_at": o.created_at,
+        "finished_at": None,
+        "execution": None,
+        "event_published": False,
+    }
+
+
+def new_shard(total: int) -> JsonObject:
+    return {"total": total, **dict.fromkeys(COUNTER.values(), 0)}
+
+
+def new_job(o: NewOrchestration, instance: NewInstance) -> JsonObject:
+    """Params and results are JSON text, as in SQLite: Firestore holds no nested arrays
+    and does not keep a map's key order."""
+    return {
+        "index": instance.index,
+        "shard": instance.shard,
+        "params": json.dumps(instance.params),
+        "status": PENDING,
+        "attempts": 0,
+        "not_before": 0.0,
+        "owner": None,
+        "lease_until": None,
+        "started_at": None,
+        "finished_at": None,
+        "result": None,
+        "error": None,
+        "orchestration_id": o.id,
+        "job_name": o.job_name,
+    }
+
+
+# -- reading --------------------------------------------------------------------------------
+
+
+def orchestration_snapshot(doc: Snapshot, sums: dict[str, int]) -> OrchestrationSnapshot:
+    """`sums` are the shard counters added up; as in SQLite, an orchestration that has
+    ended shows nothing in progress."""
+    data = doc.to_dict() or {}
+    status = Status(data["status"])
+    total = int(data["total"])
+    in_progress = sums["in_progress"] if status is Status.IN_PROGRESS else 0
+    done = sums["succeeded"] + sums["failed"] + sums["cancelled"]
+    return OrchestrationSnapshot(
+        id=doc.id,
+        job_name=data["job_name"],
+        status=status,
+        counts=Counts(
+            total=total, pending=max(0, total - done - in_progress), in_progress=in_progress,
+            succeeded=sums["succeeded"], failed=sums["failed"], cancelled=sums["cancelled"],
+        ),
+        options=RunOptions(
+            retries=data["retries"], backoff=data["backoff"], timeout=data["timeout"],
+            parallelism=data["parallelism"],
+        ),
+        tags=dict(data["tags"]),
+        created_at=data["created_at"],
+        finished_at=data["finished_at"],
+        execution=data["execution"],
+        event_published=bool(data["event_published"]),
+    )
+
+
+def claimed_instance(doc: Snapshot, owner: str, attempts: int) -> ClaimedInstance:
+    return ClaimedInstance(
+        doc.id, int(doc.get("index")), json.loads(doc.get("params")), attempts, owner
+    )
+
+
+def outcome(doc: Snapshot) -> Success | Failure:
+    data = doc.to_dict() or {}
+    status = Status(data["status"])
+    params = json.loads(data["params"])
+    if status is Status.COMPLETED:
+        return Success(doc.id, data["index"], params, json.loads(data["result"] or "null"))
+    error = data["error"]
+    info = (
+        ErrorInfo.from_json(error)
+        if error and status is Status.ERRORED
+        else ErrorInfo(type="Cancelled", message="the orchestration was cancelled")
+    )
+    return Failure(doc.id, data["index"], params, info, data["attempts"], status)
