@@ -52,6 +52,28 @@ class LaunchFailed(JobfleetError):
         self.orchestration_id = orchestration_id
 
 
+class NoEventHistory(JobfleetError):
+    def __init__(self, topic: str) -> None:
+        super().__init__(
+            f"Pub/Sub keeps no history of topic {topic!r}: events published before a "
+            "subscription existed cannot be listed. Use `follow()` to see new events, or "
+            "`ensure_subscription()` and `EventSubscriber` to consume them durably."
+        )
+
+
+class PublishFailed(JobfleetError):
+    def __init__(self, orchestration_id: str, topic: str, cause: BaseException) -> None:
+        super().__init__(
+            f"could not publish the completion event of orchestration "
+            f"{orchestration_id} to {topic}: {cause}. It stays unpublished; the next "
+            "completion trigger (or `settle`) publishes it again."
+        )
+
+
+class SubscriptionMismatch(JobfleetError):
+    """A subscription of that name exists with another topic or filter (both are immutable)."""
+
+
 class WaitTimeout(JobfleetError, TimeoutError):
     def __init__(self, orchestration_id: str, timeout: float) -> None:
         super().__init__(

@@ -15,13 +15,12 @@ from google.cloud.pubsub_v1 import SubscriberClient
 from conftest import Emulators
 from jobfleet.backends.gcp.pubsub import (
     EventSubscriber,
-    NoEventHistory,
-    PublishFailed,
     PubSubEventBus,
     ensure_subscription,
     subscription_path,
 )
 from jobfleet.core.models import JobCompletedEvent, Status
+from jobfleet.errors import NoEventHistory, PublishFailed
 
 WAIT = 15.0
 

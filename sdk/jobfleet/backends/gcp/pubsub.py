@@ -26,7 +26,7 @@ from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 from google.cloud.pubsub_v1.types import FlowControl
 
 from jobfleet.core.models import JobCompletedEvent
-from jobfleet.errors import JobfleetError
+from jobfleet.errors import NoEventHistory, PublishFailed, SubscriptionMismatch
 
 log = logging.getLogger(__name__)
 
@@ -37,28 +37,6 @@ FOLLOW_EXPIRY = 24 * 3600  # Pub/Sub's shortest idle expiry: a follower that die
 POLL = 0.2
 
 Handler = Callable[[JobCompletedEvent], object]
-
-
-class NoEventHistory(JobfleetError):
-    def __init__(self, topic: str) -> None:
-        super().__init__(
-            f"Pub/Sub keeps no history of topic {topic!r}: events published before a "
-            "subscription existed cannot be listed. Use `follow()` to see new events, or "
-            "`ensure_subscription()` and `EventSubscriber` to consume them durably."
-        )
-
-
-class PublishFailed(JobfleetError):
-    def __init__(self, event: JobCompletedEvent, topic: str, cause: BaseException) -> None:
-        super().__init__(
-            f"could not publish the completion event of orchestration "
-            f"{event.orchestration_id} to {topic}: {cause}. It stays unpublished; the next "
-            "completion trigger (or `settle`) publishes it again."
-        )
-
-
-class SubscriptionMismatch(JobfleetError):
-    """A subscription of that name exists with another topic or filter (both are immutable)."""
 
 
 def topic_path(project: str, topic: str) -> str:
@@ -153,7 +131,7 @@ class PubSubEventBus:
                 ensure_topic(self._publisher, self.topic_path)
                 self._send(data, attributes)
         except Exception as exc:
-            raise PublishFailed(event, self.topic_path, exc) from exc
+            raise PublishFailed(event.orchestration_id, self.topic_path, exc) from exc
 
     def _send(self, data: bytes, attributes: dict[str, str]) -> None:
         self._publisher.publish(self.topic_path, data, **attributes).result(PUBLISH_TIMEOUT)
