@@ -122,8 +122,10 @@ def cmd_demo(fleet: JobFleet, args: argparse.Namespace) -> int:
     from jobfleet.demo import demo_params
 
     params = demo_params()
-    print(f"jobfleet demo: process_batch over {len(params)} parameter sets on the local "
-          f"backend ({fleet.settings.home}); batch {len(params) // 2} is poisoned on purpose")
+    where = (f"the local backend ({fleet.settings.home})" if fleet.settings.backend == "local"
+             else f"the {fleet.settings.backend} backend ({fleet.settings.project})")
+    print(f"jobfleet demo: process_batch over {len(params)} parameter sets on {where};"
+          f" batch {len(params) // 2} is poisoned on purpose")
     orchestration = fleet.kick_off("process_batch", params, tags={"source": "demo"})
     render.progress(orchestration)
     successes, failures = orchestration.results()
