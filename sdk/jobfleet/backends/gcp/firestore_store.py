@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import json
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,6 +24,7 @@ from google.api_core import exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1.field_path import FieldPath
 
+from jobfleet.backends.gcp.firestore_changes import ChangeFeed
 from jobfleet.backends.gcp.firestore_documents import (
     COMMITS_IN_FLIGHT,
     COUNTER,
@@ -65,7 +65,6 @@ from jobfleet.errors import InvalidParams, JobfleetError, UnknownOrchestration
 CHUNK = 400  # instances changed per transaction, leaving room for the shard counters
 PAGE = 2000  # instances read per query page
 CONFLICT_ATTEMPTS = 50
-LISTEN_TIMEOUT = 10.0  # for a new listener's first snapshot
 LEASE_RECORD = timedelta(days=7)  # then a TTL policy deletes the lease document
 # The order in which SQLite applies one call's outcomes (it matters for duplicates).
 OUTCOME_ORDER = {Status.COMPLETED: 0, Status.ERRORED: 1, Status.PENDING: 2}
@@ -103,7 +102,7 @@ class FirestoreStore:
         self._client = client if client is not None else firestore.Client(project=project)
         self._orchestrations = self._client.collection(ORCHESTRATIONS)
         self._leases = self._client.collection(LEASES)
-        self._changes = _ChangeFeed(self._orchestrations)
+        self._changes = ChangeFeed(self._orchestrations)
 
     def close(self) -> None:
         self._changes.close()
@@ -497,87 +496,3 @@ def _end_instances(
         counters.move(int(doc.get("shard")), doc.get("status"), ended["status"])
     counters.write(transaction, ref)
     return len(unfinished)
-
-
-class _Listener:
-    """The two listeners of one orchestration: on its document, and on its shard counters,
-    which change with every instance that moves."""
-
-    def __init__(self, ref: firestore.DocumentReference, on_change: Callable[[], None]) -> None:
-        self._ready = [threading.Event(), threading.Event()]
-        self._watches = [
-            ref.on_snapshot(self._callback(self._ready[0], on_change)),
-            ref.collection(SHARDS).on_snapshot(self._callback(self._ready[1], on_change)),
-        ]
-
-    @staticmethod
-    def _callback(ready: threading.Event, on_change: Callable[[], None]) -> Callable[..., None]:
-        def changed(*_: Any) -> None:
-            on_change()
-            ready.set()
-
-        return changed
-
-    def wait_ready(self) -> None:
-        """A listener hears every write after its first snapshot, so a token read after
-        that misses none."""
-        for ready in self._ready:
-            ready.wait(LISTEN_TIMEOUT)
-
-    def stop(self) -> None:
-        for watch in self._watches:
-            watch.unsubscribe()
-
-
-class _ChangeFeed:
-    """Change tokens per orchestration, moved by Firestore listeners (pushed, no polling)
-    and by this store's own writes (so that those show at once)."""
-
-    def __init__(self, orchestrations: firestore.CollectionReference) -> None:
-        self._orchestrations = orchestrations
-        self._moved = threading.Condition()
-        self._versions: dict[str, int] = {}
-        self._listeners: dict[str, _Listener] = {}
-        self._closed = False
-
-    def bump(self, orchestration_id: str) -> None:
-        with self._moved:
-            if orchestration_id in self._versions:
-                self._versions[orchestration_id] += 1
-                self._moved.notify_all()
-
-    def token(self, orchestration_id: str) -> int:
-        self._listen(orchestration_id)
-        with self._moved:
-            return self._versions[orchestration_id]
-
-    def wait(self, orchestration_id: str, token: int, timeout: float) -> int:
-        self._listen(orchestration_id)
-        with self._moved:
-            self._moved.wait_for(lambda: self._versions[orchestration_id] != token, timeout)
-            return self._versions[orchestration_id]
-
-    def _listen(self, orchestration_id: str) -> None:
-        """Listen from first use until close: whoever watches an orchestration asks again."""
-        with self._moved:
-            if self._closed:
-                raise JobfleetError("this FirestoreStore is closed; open a new one")
-            listener = self._listeners.get(orchestration_id)
-            if listener is None:
-                self._versions[orchestration_id] = 0
-                # Starting a listener does not wait for it, so it may happen under the lock.
-                listener = _Listener(
-                    self._orchestrations.document(orchestration_id),
-                    partial(self.bump, orchestration_id),
-                )
-                self._listeners[orchestration_id] = listener
-        listener.wait_ready()
-
-    def close(self) -> None:
-        with self._moved:
-            self._closed = True
-            listeners = list(self._listeners.values())
-            self._listeners.clear()
-        # Outside the lock: stopping joins the listeners' threads, whose callbacks take it.
-        for listener in listeners:
-            listener.stop()
