@@ -23,9 +23,10 @@ from jobfleet.core.models import (
 )
 from jobfleet.core.registry import get_job, import_jobs, job_sources
 from jobfleet.core.results import Results, partition
-from jobfleet.errors import InvalidOption, LaunchFailed, WaitTimeout
+from jobfleet.errors import InvalidOption, LaunchFailed, NoEventHistory, WaitTimeout
 
 WATCH_SLICE_SECONDS = 1.0
+EVENT_HISTORY = 200  # orchestrations looked at when the event bus keeps no history
 LOST_CHECK_SECONDS = 2.0  # with no progress for this long, check the execution is alive
 
 
@@ -188,7 +189,16 @@ class JobFleet:
         return self.backend.store.list_orchestrations(limit=limit, job_name=job_name, status=status)
 
     def events(self, *, after: int = 0) -> Iterator[tuple[int, JobCompletedEvent]]:
-        return self.backend.bus.events(after=after)
+        """Events published so far, oldest first. Pub/Sub keeps no history, so on Google
+        Cloud these are rebuilt from the store: the recently announced orchestrations."""
+        try:
+            yield from self.backend.bus.events(after=after)
+        except NoEventHistory:
+            announced = [s for s in self.history(limit=EVENT_HISTORY) if s.event_published]
+            announced.sort(key=lambda s: s.finished_at or 0.0)
+            for cursor, snap in enumerate(announced, start=1):
+                if cursor > after:
+                    yield cursor, JobCompletedEvent.for_orchestration(snap)
 
     def follow_events(self, *, after: int = 0) -> Iterator[tuple[int, JobCompletedEvent]]:
         """Every event after `after`, then each new one as it is published; never ends."""
