@@ -10,11 +10,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pytest
 
 from jobfleet import JobFleet
+
+if TYPE_CHECKING:
+    from jobfleet.dev.bridge import TriggerRelay
 
 TESTS = Path(__file__).resolve().parent
 SAMPLE_JOBS = "sample_jobs"
@@ -61,36 +64,33 @@ def cli(home: Path) -> Cli:
 
 @dataclass(frozen=True)
 class Emulators:
-    """The Firestore and Pub/Sub emulators of this test session."""
+    """The Firestore and Pub/Sub emulators of this test session, and the trigger relay
+    that the Firestore emulator sends its trigger events to (in this process)."""
 
     project: str
     firestore_host: str
     pubsub_host: str
+    relay: TriggerRelay
+    relay_url: str
 
     def environment(self) -> dict[str, str]:
         return {
             "GOOGLE_CLOUD_PROJECT": self.project,
             "FIRESTORE_EMULATOR_HOST": self.firestore_host,
             "PUBSUB_EMULATOR_HOST": self.pubsub_host,
+            "JOBFLEET_TRIGGER_RELAY": self.relay_url,
         }
 
 
 @pytest.fixture(scope="session")
 def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulators]:
-    """Both emulators for the whole session: from the local gcloud install, else from a
-    Docker engine with testcontainers, else the test is skipped with what to install."""
+    """Both emulators and the relay for the whole session: from the local gcloud install,
+    else from a Docker engine with testcontainers, else the test is skipped with what to
+    install."""
     project = "jobfleet-test"
     logs = tmp_path_factory.mktemp("emulator-logs")
     if shutil.which("gcloud"):
-        from jobfleet.dev.emulators import start_emulators
-
-        running = start_emulators(project, logs)
-        try:
-            hosts = {e.name: e.host_port for e in running}
-            yield Emulators(project, hosts["firestore"], hosts["pubsub"])
-        finally:
-            for emulator in running:
-                emulator.stop()
+        yield from _local(project, logs)
         return
     if _docker_reachable():
         yield from _containers(project)
@@ -100,6 +100,20 @@ def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulators]:
         "`gcloud components install cloud-firestore-emulator pubsub-emulator` (and Java), "
         "or make a Docker engine reachable"
     )
+
+
+def _local(project: str, logs: Path) -> Iterator[Emulators]:
+    from jobfleet.dev.bridge import TriggerRelay
+    from jobfleet.dev.emulators import free_port, start_emulators, stop_emulators
+
+    firestore_port = free_port()
+    with TriggerRelay(f"127.0.0.1:{firestore_port}") as relay:
+        running = start_emulators(project, logs, relay.address, firestore_port)
+        try:
+            hosts = {e.name: e.host_port for e in running}
+            yield Emulators(project, hosts["firestore"], hosts["pubsub"], relay, relay.url)
+        finally:
+            stop_emulators(running)
 
 
 def _docker_reachable() -> bool:
@@ -113,28 +127,40 @@ def _docker_reachable() -> bool:
 
 
 def _containers(project: str) -> Iterator[Emulators]:
+    """The emulators in containers; the relay in this process, reachable from them."""
     from testcontainers.core.container import (
         DockerContainer,
     )
 
-    image = "gcr.io/google.com/cloudsdktool/google-cloud-cli:emulators"
-    firestore = DockerContainer(image).with_exposed_ports(8080).with_command(
-        "gcloud emulators firestore start --host-port=0.0.0.0:8080"
-    )
-    pubsub = DockerContainer(image).with_exposed_ports(8085).with_command(
-        f"gcloud beta emulators pubsub start --host-port=0.0.0.0:8085 --project={project}"
-    )
-    with firestore, pubsub:
-        from jobfleet.dev.emulators import answers
+    from jobfleet.dev.bridge import TriggerRelay
+    from jobfleet.dev.emulators import answers
 
-        hosts = [
-            f"{c.get_container_host_ip()}:{c.get_exposed_port(p)}"
-            for c, p in ((firestore, 8080), (pubsub, 8085))
-        ]
-        deadline = time.monotonic() + 120
-        while not all(answers(h) for h in hosts) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        yield Emulators(project, hosts[0], hosts[1])
+    image = "gcr.io/google.com/cloudsdktool/google-cloud-cli:emulators"
+    with TriggerRelay("", host="0.0.0.0") as relay:  # its emulator is known once started
+        relay_port = relay.address.rpartition(":")[2]
+        firestore = (
+            DockerContainer(image)
+            .with_exposed_ports(8080)
+            .with_kwargs(extra_hosts={"host.docker.internal": "host-gateway"})
+            .with_command(["sh", "-c", (
+                'sdk="$(dirname "$(dirname "$(readlink -f "$(command -v gcloud)")")")" && '
+                'exec "$sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator" start '
+                f"--host=0.0.0.0 --port=8080 --functions_emulator=host.docker.internal:{relay_port}"
+            )])
+        )
+        pubsub = DockerContainer(image).with_exposed_ports(8085).with_command(
+            f"gcloud beta emulators pubsub start --host-port=0.0.0.0:8085 --project={project}"
+        )
+        with firestore, pubsub:
+            hosts = [
+                f"{c.get_container_host_ip()}:{c.get_exposed_port(p)}"
+                for c, p in ((firestore, 8080), (pubsub, 8085))
+            ]
+            deadline = time.monotonic() + 120
+            while not all(answers(h) for h in hosts) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            relay.firestore_host = hosts[0]
+            yield Emulators(project, hosts[0], hosts[1], relay, f"http://127.0.0.1:{relay_port}")
 
 
 @pytest.fixture

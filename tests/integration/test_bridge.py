@@ -1,8 +1,10 @@
-"""The Firestore-to-CloudEvent bridge, received by a real functions-framework function."""
+"""The trigger relay: the Firestore emulator's trigger events, received by a real
+functions-framework function as the CloudEvents Eventarc sends."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import queue
 import signal
@@ -10,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,8 +28,9 @@ from google.events.cloud.firestore_v1 import DocumentEventData
 from werkzeug.serving import make_server
 
 from conftest import Emulators
-from jobfleet.dev.bridge import FirestoreBridge
-from jobfleet.dev.emulators import free_port
+from jobfleet.dev.bridge import Route, TriggerRelay, add_route, remove_route
+from jobfleet.dev.emulators import firestore_binary, firestore_emulator, free_port, stop_group
+from jobfleet.errors import ConfigurationError
 
 WAIT = 20.0
 JOB = "jobfleet_orchestrations/orch-1/jobs/job-7"
@@ -82,11 +86,20 @@ def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_threads() -> Iterator[None]:
+def no_leaked_threads(emulators: Emulators) -> Iterator[None]:
+    """No test leaves a thread behind; the session relay's own threads come and go with
+    the emulator's connections, so they are not the test's."""
+
+    def started() -> set[threading.Thread]:
+        return {
+            thread for thread in set(threading.enumerate()) - before
+            if not thread.name.startswith(emulators.relay.thread_prefix)
+        }
+
     before = set(threading.enumerate())
     yield
-    eventually(lambda: not (set(threading.enumerate()) - before), timeout=5)
-    assert not set(threading.enumerate()) - before
+    eventually(lambda: not started(), timeout=5)
+    assert not started()
 
 
 @pytest.fixture
@@ -110,7 +123,7 @@ def function(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Functi
 
 @pytest.fixture
 def project(gcp_env: Emulators) -> str:
-    """A project of its own: an empty database that no other test writes to."""
+    """A project of its own: an empty database, and triggers only this test's."""
     return f"bridge-{uuid.uuid4().hex[:8]}"
 
 
@@ -122,18 +135,26 @@ def db(project: str) -> Iterator[firestore.Client]:
 
 
 @pytest.fixture
-def start_bridge(project: str, function: Function) -> Iterator[Callable[..., FirestoreBridge]]:
-    started: list[FirestoreBridge] = []
+def relay(emulators: Emulators) -> TriggerRelay:
+    """The session's relay: the one address the session's emulator sends events to."""
+    return emulators.relay
 
-    def start(**options: Any) -> FirestoreBridge:
+
+@pytest.fixture
+def route(
+    relay: TriggerRelay, project: str, function: Function
+) -> Iterator[Callable[..., Route]]:
+    """Registers routes for the test's project; removes them before the function stops."""
+    added: list[Route] = []
+
+    def register(**options: Any) -> Route:
         url = options.pop("function_url", function.url)
-        bridge = FirestoreBridge(project, url, **options).start()
-        started.append(bridge)
-        return bridge
+        added.append(relay.register(project, url, **options))
+        return added[-1]
 
-    yield start
-    for bridge in started:
-        bridge.stop()
+    yield register
+    for each in added:
+        relay.unregister(each)
 
 
 def data_of(event: CloudEvent) -> Any:
@@ -153,6 +174,8 @@ def plain(value: Any) -> object:
         return [plain(item) for item in value.array_value.values]
     if kind == "null_value":
         return None
+    if kind == "geo_point_value":
+        return (value.geo_point_value.latitude, value.geo_point_value.longitude)
     return getattr(value, kind)
 
 
@@ -161,9 +184,9 @@ def fields(document: Any) -> dict[str, object]:
 
 
 def test_each_write_arrives_as_the_cloudevent_eventarc_sends(
-    project: str, db: firestore.Client, function: Function, start_bridge: Callable[..., Any]
+    project: str, db: firestore.Client, function: Function, route: Callable[..., Route]
 ) -> None:
-    start_bridge()
+    route()
     claimed_at = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
     job = db.document(JOB)
     job.set({
@@ -173,8 +196,10 @@ def test_each_write_arrives_as_the_cloudevent_eventarc_sends(
         "cancelled": False,
         "error": None,
         "params": {"size": 3, "names": ["a", "b"], "nested": {"deep": [1, {"x": True}]}},
+        "empty": {"map": {}, "array": []},
         "checksum": b"\x00\xff",
         "claimed_at": claimed_at,
+        "where": firestore.GeoPoint(51.5, -0.12),
         "orchestration": db.document("jobfleet_orchestrations/orch-1"),
     })
     job.update({"status": "Completed", "attempts": 1, "result": {"rows": [1, 2, 3]}})
@@ -216,8 +241,10 @@ def test_each_write_arrives_as_the_cloudevent_eventarc_sends(
         "cancelled": False,
         "error": None,
         "params": {"size": 3, "names": ["a", "b"], "nested": {"deep": [1, {"x": True}]}},
+        "empty": {"map": {}, "array": []},
         "checksum": b"\x00\xff",
         "claimed_at": claimed_at,
+        "where": (51.5, -0.12),
         "orchestration": f"{documents}/jobfleet_orchestrations/orch-1",
     }
     assert not has(created, "update_mask")
@@ -231,32 +258,39 @@ def test_each_write_arrives_as_the_cloudevent_eventarc_sends(
 
     assert fields(deleted.old_value) == fields(updated.value)
     assert deleted.old_value.name == f"{documents}/{JOB}"
+    assert not has(deleted, "update_mask")
     times = [by_kind[k]["time"] for k in ((False, True), (True, True), (True, False))]
     assert times == sorted(times)
+    # The commit time to the microsecond, not the emulator's whole second.
+    assert dt.datetime.fromisoformat(by_kind[False, True]["time"]) == created.value.update_time
 
 
-def test_only_job_documents_changed_after_start_are_announced_with_known_old_values(
-    db: firestore.Client, function: Function, start_bridge: Callable[..., Any]
+def test_only_the_routes_job_documents_are_announced_with_their_old_values(
+    project: str, db: firestore.Client, function: Function, route: Callable[..., Route]
 ) -> None:
     existing = db.document("jobfleet_orchestrations/orch-2/jobs/before")
-    existing.set({"status": "InProgress"})
-    bridge = start_bridge()
+    existing.set({"status": "InProgress", "tags": {"team": "data"}})
+    announced = route()
     db.document("jobfleet_orchestrations/orch-2").set({"status": "InProgress"})
     db.document("elsewhere/x/jobs/not-a-job-instance").set({"status": "Completed"})
+    other = firestore.Client(project=f"{project}-other")
+    other.document("jobfleet_orchestrations/orch-2/jobs/before").set({"status": "Completed"})
+    other.close()  # type: ignore[no-untyped-call]
     existing.update({"status": "Completed"})
 
     [event] = function.wait_for(1)
     assert event["document"] == "jobfleet_orchestrations/orch-2/jobs/before"
     data = data_of(event)
-    assert fields(data.old_value) == {"status": "InProgress"}  # seen when the bridge started
-    assert fields(data.value) == {"status": "Completed"}
-    assert (bridge.changes, bridge.delivered) == (1, 1)
+    assert fields(data.old_value) == {"status": "InProgress", "tags": {"team": "data"}}
+    assert fields(data.value) == {"status": "Completed", "tags": {"team": "data"}}
+    assert list(data.update_mask.field_paths) == ["status"]
+    assert (announced.changes, announced.delivered) == (1, 1)
 
 
 def test_deliveries_3_shuffled_sends_every_change_three_times_out_of_order(
-    db: firestore.Client, function: Function, start_bridge: Callable[..., Any]
+    db: firestore.Client, function: Function, route: Callable[..., Route]
 ) -> None:
-    bridge = start_bridge(deliveries=3, shuffle=True)
+    triple = route(deliveries=3, shuffle=True)
     batch = db.batch()
     for n in range(10):
         batch.set(db.document(f"jobfleet_orchestrations/orch-3/jobs/job-{n}"), {"n": n})
@@ -273,67 +307,122 @@ def test_deliveries_3_shuffled_sends_every_change_three_times_out_of_order(
     arrival = [event["id"] for event in events]
     one_after_another = all(len(set(arrival[i : i + 3])) == 1 for i in range(0, 30, 3))
     assert not one_after_another
-    assert (bridge.changes, bridge.delivered) == (10, 30)
+    assert (triple.changes, triple.delivered) == (10, 30)
 
 
 def test_a_function_error_is_retried_until_the_change_is_delivered(
-    db: firestore.Client, function: Function, start_bridge: Callable[..., Any]
+    db: firestore.Client, function: Function, route: Callable[..., Route]
 ) -> None:
     function.module.FAIL_FIRST_DELIVERY = True  # answered with HTTP 500
-    bridge = start_bridge()
+    retried = route()
     for n in range(3):
         db.document(f"jobfleet_orchestrations/orch-4/jobs/job-{n}").set({"n": n})
 
     events = function.wait_for(6)
     assert sorted(Counter(event["id"] for event in events).values()) == [2, 2, 2]
-    assert eventually(lambda: bridge.delivered == 3)
-    assert (bridge.invocations, bridge.failed) == (6, 0)
+    assert eventually(lambda: retried.delivered == 3)
+    assert (retried.invocations, retried.failed) == (6, 0)
 
 
 def test_an_unreachable_function_is_retried_then_given_up(
-    db: firestore.Client, start_bridge: Callable[..., Any], caplog: pytest.LogCaptureFixture
+    db: firestore.Client, route: Callable[..., Route], caplog: pytest.LogCaptureFixture
 ) -> None:
-    bridge = start_bridge(function_url=f"http://127.0.0.1:{free_port()}/")
+    lost = route(function_url=f"http://127.0.0.1:{free_port()}/")
     db.document("jobfleet_orchestrations/orch-5/jobs/job-0").set({"n": 0})
 
-    assert eventually(lambda: bridge.failed == 1)
-    assert (bridge.changes, bridge.delivered, bridge.invocations) == (1, 0, 0)
+    assert eventually(lambda: lost.failed == 1)
+    assert (lost.changes, lost.delivered, lost.invocations) == (1, 0, 0)
     assert "gave up delivering the change of jobfleet_orchestrations/orch-5/jobs/job-0" in (
         caplog.text
     )
 
 
-def test_the_bridge_command_delivers_until_it_is_stopped(
-    project: str, db: firestore.Client, function: Function
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return json.load(reply)
+
+
+def test_another_process_adds_and_removes_a_route_over_http(
+    relay: TriggerRelay, project: str, db: firestore.Client, function: Function
 ) -> None:
+    added = add_route(relay.url, project, function.url, deliveries=2)
+    trigger_id = added["trigger_id"]
+    try:
+        db.document("jobfleet_orchestrations/orch-7/jobs/job-0").set({"n": 0})
+        assert len(function.wait_for(2)) == 2
+        stats = get_json(f"{relay.url}/_bridge/stats")
+        assert stats["routes"][trigger_id] == {
+            **added, "changes": 1, "delivered": 2, "invocations": 2, "failed": 0, "pending": 0,
+        }
+    finally:
+        remove_route(relay.url, trigger_id)
+    assert trigger_id not in get_json(f"{relay.url}/_bridge/stats")["routes"]
+    unrouted = relay.unrouted
+    db.document("jobfleet_orchestrations/orch-7/jobs/job-1").set({"n": 1})
+    time.sleep(1.0)  # time for an event that should not come
+    assert len(function.received) == 2
+    assert relay.unrouted == unrouted  # the emulator no longer sends the route's events
+
+
+def test_a_route_on_an_emulator_that_is_not_there_is_refused(function: Function) -> None:
+    with TriggerRelay(f"127.0.0.1:{free_port()}") as nowhere:
+        with pytest.raises(ConfigurationError, match="is it running"):
+            nowhere.register("any-project", function.url)
+        assert nowhere.stats()["routes"] == {}
+
+
+def test_without_the_emulator_installed_the_error_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(ConfigurationError, match="gcloud components install cloud-firestore-"):
+        firestore_binary()
+
+
+def test_the_relay_command_delivers_until_it_is_stopped(
+    project: str, function: Function, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its own emulator: an emulator sends its events to the one relay it was started with."""
+    port = free_port()
+    emulator = firestore_emulator(tmp_path, relay=f"127.0.0.1:{port}")
+    emulator.start()
+    emulator.wait_ready()
     command = [
-        sys.executable, "-m", "jobfleet.dev.bridge",
-        "--project", project, "--function-url", function.url,
+        sys.executable, "-m", "jobfleet.dev.bridge", "--port", str(port),
+        "--firestore", emulator.host_port, "--project", project, "--function-url", function.url,
     ]
-    bridge = subprocess.Popen(
-        command, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
+    relay = subprocess.Popen(
+        command, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+        start_new_session=True,
     )
     lines: queue.Queue[str] = queue.Queue()
 
     def read_log() -> None:
-        for line in bridge.stderr or ():
+        for line in relay.stderr or ():
             lines.put(line)
 
-    reading = threading.Thread(target=read_log, name="bridge-log")
+    reading = threading.Thread(target=read_log, name="relay-log")
     reading.start()
+    client = None
     try:
-        log = wait_for_line(lines, "bridging")
-        db.document("jobfleet_orchestrations/orch-6/jobs/job-0").set({"status": "Pending"})
+        log = wait_for_line(lines, "relaying")
+        assert f"on http://127.0.0.1:{port} for the Firestore emulator at " in log
+        monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", emulator.host_port)
+        client = firestore.Client(project=project)
+        client.document("jobfleet_orchestrations/orch-6/jobs/job-0").set({"status": "Pending"})
         [event] = function.wait_for(1)
         assert event["subject"] == "documents/jobfleet_orchestrations/orch-6/jobs/job-0"
-        bridge.send_signal(signal.SIGTERM)
-        assert bridge.wait(timeout=WAIT) == 0
+        [stats] = get_json(f"http://127.0.0.1:{port}/_bridge/stats")["routes"].values()
+        assert (stats["project"], stats["delivered"]) == (project, 1)
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(timeout=WAIT) == 0
         log += wait_for_line(lines, "stopped")
         assert "stopped: 1 changes, 1 delivered, 0 failed" in log
     finally:
-        if bridge.poll() is None:
-            bridge.kill()
-            bridge.wait()
+        if client is not None:
+            client.close()  # type: ignore[no-untyped-call]
+        stop_group(relay)
+        emulator.stop()
         reading.join()
 
 
@@ -341,5 +430,8 @@ def wait_for_line(lines: queue.Queue[str], text: str) -> str:
     seen = ""
     deadline = time.monotonic() + WAIT
     while text not in seen:
-        seen += lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        try:
+            seen += lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"no {text!r} in the log:\n{seen}") from None
     return seen

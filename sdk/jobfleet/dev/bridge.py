@@ -1,16 +1,19 @@
-"""The trigger bridge for dev and tests: Firestore changes as Eventarc CloudEvents.
+"""The trigger relay for dev and tests: the Firestore emulator's events as Eventarc sends them.
 
 In the cloud, Eventarc turns each write under `jobfleet_orchestrations/{id}/jobs/{job_id}`
 into a `google.cloud.firestore.document.v1.written` CloudEvent and POSTs it to the
-completion function. The Firestore emulator has no Eventarc, so this bridge listens to the
-emulator and sends the same request (binary content mode, the same attributes, a
-`DocumentEventData` protobuf body), so the function runs unchanged on a laptop.
+completion function. The Firestore emulator, started with `--functions_emulator=ADDRESS`,
+POSTs one request per write that matches a registered trigger to ADDRESS, with the old
+and new documents, whatever the number of documents in the database. This relay listens
+on ADDRESS, turns each request into the one Eventarc sends (see `jobfleet.dev.eventarc`)
+and POSTs it to the function of the trigger's route: at least once and, if asked, in
+several copies out of order, as Eventarc may.
 
-Where it differs from Eventarc, harmlessly for a function that reads the store: a
-listener sees consistent snapshots, so quick successive writes to one document may
-arrive as one change; and documents that exist when the bridge starts are not announced.
+An emulator sends to one relay address, so a route added to any other relay never
+fires: other processes add routes to the running relay over HTTP (`POST /_bridge/routes`,
+`add_route`); `GET /_bridge/stats` has each route's counters.
 
-Run it with `python -m jobfleet.dev.bridge --project P --function-url URL`.
+Run it with `python -m jobfleet.dev.bridge --port PORT --firestore HOST:PORT`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import datetime as dt
 import http.client
 import itertools
+import json
 import logging
 import math
 import os
@@ -26,254 +30,207 @@ import queue
 import random
 import re
 import signal
+import socket
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import Any
 
-from google.api_core.datetime_helpers import DatetimeWithNanoseconds
-from google.cloud.firestore import Client, DocumentReference, GeoPoint
-from google.cloud.firestore_v1.base_document import DocumentSnapshot
-from google.cloud.firestore_v1.watch import ChangeType, DocumentChange
-from google.events.cloud.firestore_v1 import Document, DocumentEventData
-
+from jobfleet.dev.eventarc import (
+    DEFAULT_LOCATION,
+    EMULATOR_TIMEOUT,
+    POST_TIMEOUT,
+    FirestoreEvent,
+    FunctionEndpoint,
+    as_eventarc_sends,
+    register_trigger,
+    retire_trigger,
+)
 from jobfleet.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
-WRITTEN = "google.cloud.firestore.document.v1.written"
-DATASCHEMA = (
-    "https://github.com/googleapis/google-cloudevents/blob/main/"
-    "proto/google/events/cloud/firestore/v1/data.proto"
-)
-DATABASE = "(default)"
-NAMESPACE = "(default)"
-ORCHESTRATIONS = "jobfleet_orchestrations"
-DEFAULT_LOCATION = "us-central1"
-
+THREAD_PREFIX = "jobfleet-relay"  # every thread the relay starts is named so
 CONCURRENCY = 16
 MAX_PENDING = 100_000
 RETRIES = 4
 RETRY_PAUSE = 0.05  # doubled on each retry
-POST_TIMEOUT = 30.0
 SHUFFLE_WINDOW = 0.05  # seconds over which the copies of a change are spread when shuffling
+ROUTE_TIMEOUT = EMULATOR_TIMEOUT + 5.0
 
-# The raw protobuf classes: building these is several times faster than through proto-plus,
-# and a burst of 10,000 finishing instances is tens of thousands of changes.
-EventDataPb: Any = DocumentEventData.pb()
-DocumentPb: Any = Document.pb()
+TRIGGER_PATH = re.compile(r"/functions/projects/([^/]+)/triggers/([^/?]+)")
 
-SIMPLE_FIELD = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
+
+@dataclass(eq=False)
+class Route:
+    """An emulator trigger on one project's job documents, relayed to one function.
+
+    `deliveries=3, shuffle=True` sends every event three times (same `ce-id`), the
+    copies spread over the relay's shuffle window so that they interleave with other
+    events' copies: Eventarc's at-least-once, out-of-order delivery, on purpose.
+    The counters are the relay's to update, under its lock.
+    """
+
+    trigger_id: str
+    project: str
+    function_url: str
+    deliveries: int = 1
+    shuffle: bool = False
+    changes: int = field(default=0, init=False)  # events the emulator sent for the trigger
+    delivered: int = field(default=0, init=False)  # requests answered with 2xx
+    invocations: int = field(default=0, init=False)  # requests answered at all (retries too)
+    failed: int = field(default=0, init=False)  # given up: a 4xx, or no 2xx after the retries
+    pending: int = field(default=0, init=False)  # deliveries queued or in flight
+    idle: list[FunctionEndpoint] = field(default_factory=list, init=False, repr=False)
+    closed: bool = field(default=False, init=False)  # unregistered: connections not kept
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "trigger_id": self.trigger_id, "project": self.project,
+            "function_url": self.function_url, "deliveries": self.deliveries,
+            "shuffle": self.shuffle, "changes": self.changes, "delivered": self.delivered,
+            "invocations": self.invocations, "failed": self.failed, "pending": self.pending,
+        }
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One CloudEvent request; its copies (deliveries > 1) share it, id included."""
+    """One CloudEvent for a route; its copies (deliveries > 1) share it, id included."""
 
-    document: str
-    headers: dict[str, str]
-    body: bytes
-
-
-def set_time(target: Any, when: dt.datetime) -> None:
-    target.FromDatetime(when)
-    if isinstance(when, DatetimeWithNanoseconds) and when.nanosecond:
-        target.nanos = when.nanosecond  # Firestore's digits past the microsecond (0 if none)
+    route: Route
+    event: FirestoreEvent
 
 
-def set_value(target: Any, value: object, documents: str) -> None:
-    """Write a value as the listener decoded it back into a Firestore `Value` proto.
+class TriggerRelay:
+    """Receives the Firestore emulator's trigger requests and delivers them to functions.
 
-    `documents` is the database's `projects/{p}/databases/(default)/documents` prefix that
-    a reference value is named under.
-    """
-    if value is None:
-        target.null_value = 0
-    elif isinstance(value, bool):
-        target.boolean_value = value
-    elif isinstance(value, int):
-        target.integer_value = value
-    elif isinstance(value, float):
-        target.double_value = value
-    elif isinstance(value, str):
-        target.string_value = value
-    elif isinstance(value, bytes):
-        target.bytes_value = value
-    elif isinstance(value, dt.datetime):
-        set_time(target.timestamp_value, value)
-    elif isinstance(value, DocumentReference):
-        target.reference_value = f"{documents}/{value.path}"
-    elif isinstance(value, GeoPoint):
-        target.geo_point_value.latitude = value.latitude
-        target.geo_point_value.longitude = value.longitude
-    elif isinstance(value, Mapping):
-        fields = target.map_value
-        fields.SetInParent()  # an empty map is still a map
-        for key, item in value.items():
-            set_value(fields.fields[key], item, documents)
-    elif isinstance(value, Sequence):
-        values = target.array_value
-        values.SetInParent()
-        for item in value:
-            set_value(values.values.add(), item, documents)
-    else:
-        raise TypeError(f"no Firestore value for {type(value).__name__}: {value!r}")
-
-
-def to_document(snapshot: DocumentSnapshot[Any], documents: str) -> Any:
-    document = DocumentPb(name=f"{documents}/{snapshot.reference.path}")
-    for key, value in (snapshot.to_dict() or {}).items():
-        set_value(document.fields[key], value, documents)
-    if snapshot.create_time is not None:
-        set_time(document.create_time, snapshot.create_time)
-    if snapshot.update_time is not None:
-        set_time(document.update_time, snapshot.update_time)
-    return document
-
-
-def field_path(name: str) -> str:
-    if SIMPLE_FIELD.fullmatch(name):
-        return name
-    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
-
-
-def changed_fields(old: Any, new: Any) -> list[str]:
-    """The update mask: the top-level fields an update added, removed or changed."""
-    names = set(old.fields) | set(new.fields)
-    return sorted(
-        field_path(name)
-        for name in names
-        if name not in old.fields or name not in new.fields or old.fields[name] != new.fields[name]
-    )
-
-
-def rfc3339(when: dt.datetime) -> str:
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-class FunctionEndpoint:
-    """One keep-alive connection to the function, reopened after an error; one per worker."""
-
-    def __init__(self, url: str, timeout: float = POST_TIMEOUT) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigurationError(f"function URL {url!r} must be http(s)://host[:port]/path")
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port
-        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._timeout = timeout
-        self._connection: http.client.HTTPConnection | None = None
-
-    def post(self, delivery: Delivery) -> int:
-        """POST once; the HTTP status. Raises OSError / HTTPException when there is none."""
-        connection = self._connection or self._connect()
-        try:
-            connection.request("POST", self._path, body=delivery.body, headers=delivery.headers)
-            reply = connection.getresponse()
-            reply.read()
-        except BaseException:
-            self.close()
-            raise
-        if reply.will_close:
-            self.close()
-        return reply.status
-
-    def _connect(self) -> http.client.HTTPConnection:
-        kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        self._connection = kind(self._host, self._port, timeout=self._timeout)
-        return self._connection
-
-    def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
-
-
-class FirestoreBridge:
-    """Listens to the `jobs` collection group and POSTs each change to the function.
-
-    Deliveries go through a bounded queue to a pool of `concurrency` workers, so that a
-    burst is posted in parallel and the listener never waits on the function. A delivery
-    answered with a 5xx, or not answered, is retried `RETRIES` times with a growing pause.
-    `deliveries=3, shuffle=True` sends every change three times (same `ce-id`), the
-    copies spread over `shuffle_window` seconds so that they interleave with other
-    changes' copies: Eventarc's at-least-once, out-of-order delivery, on purpose.
+    The emulator sends one request at a time and waits for the answer, so a request is
+    only converted and queued before it is answered. A pool of `concurrency` workers
+    posts the queue to the functions in parallel; a delivery answered with a 5xx, or
+    not answered, is retried `RETRIES` times with a growing pause.
     """
 
     def __init__(
         self,
-        project: str,
-        function_url: str,
-        collection_group: str = "jobs",
-        deliveries: int = 1,
-        shuffle: bool = False,
+        firestore_host: str,
         *,
+        host: str = "127.0.0.1",
+        port: int = 0,
         concurrency: int = CONCURRENCY,
         max_pending: int = MAX_PENDING,
         shuffle_window: float = SHUFFLE_WINDOW,
         location: str = DEFAULT_LOCATION,
     ) -> None:
-        if deliveries < 1 or concurrency < 1:
-            raise ConfigurationError("deliveries and concurrency must be at least 1")
-        FunctionEndpoint(function_url)  # refuse a bad URL now, not in every worker
-        self.project = project
-        self.function_url = function_url
-        self.collection_group = collection_group
-        self.deliveries = deliveries
-        self.shuffle = shuffle
+        if concurrency < 1:
+            raise ConfigurationError("concurrency must be at least 1")
+        self.firestore_host = firestore_host
         self.concurrency = concurrency
         self.shuffle_window = shuffle_window
         self.location = location
-        self.changes = 0  # document changes seen
-        self.delivered = 0  # requests the function answered with 2xx
-        self.invocations = 0  # requests the function answered at all (retries included)
-        self.failed = 0  # deliveries given up: a 4xx, or no 2xx after the retries
-        self._documents = f"projects/{project}/databases/{DATABASE}/documents"
-        self._source = f"//firestore.googleapis.com/projects/{project}/databases/{DATABASE}"
+        self._bind = (host, port)
+        self._routes: dict[str, Route] = {}
         self._queue: queue.PriorityQueue[tuple[float, int, Delivery | None]] = (
             queue.PriorityQueue(max_pending)
         )
         self._order = itertools.count()
-        self._last_seen: dict[str, Any] = {}  # path -> Document proto, for old_value
         self._pending = 0
+        self.unrouted = 0  # requests for a trigger that has no route here
+        self.thread_prefix = THREAD_PREFIX  # with the port, once started
         self._lock = threading.Condition()
-        self._ready = threading.Event()
         self._stopping = False
         self._workers: list[threading.Thread] = []
-        self._client: Any = None  # a firestore Client; its close() and the Watch's are untyped
-        self._watch: Any = None
+        self._server: _RelayServer | None = None
+        self._serving: threading.Thread | None = None
 
-    def start(self, timeout: float = 30.0) -> FirestoreBridge:
-        """Start posting, and listen; returns once the listener has the current state."""
+    @property
+    def address(self) -> str:
+        """host:port, as the emulator's `--functions_emulator` takes it."""
+        if self._server is None:
+            raise RuntimeError("the relay is not started")
+        host, port = self._server.server_address[:2]
+        return f"{host!s}:{port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def start(self) -> TriggerRelay:
+        self._stopping = False
+        self._server = _RelayServer(self._bind, self)
+        self.thread_prefix = f"{THREAD_PREFIX}-{self._server.server_address[1]}"
         self._workers = [
-            threading.Thread(target=self._post_loop, name=f"bridge-post-{n}", daemon=True)
+            threading.Thread(target=self._post_loop, name=f"{self.thread_prefix}-post-{n}",
+                             daemon=True)
             for n in range(self.concurrency)
         ]
         for worker in self._workers:
             worker.start()
-        self._client = Client(project=self.project)
-        query = self._client.collection_group(self.collection_group)
-        self._watch = query.on_snapshot(self._on_snapshot)
-        if not self._ready.wait(timeout):
-            self.stop(drain=False)
-            where = os.environ.get("FIRESTORE_EMULATOR_HOST", "Firestore (no emulator set)")
-            raise ConfigurationError(
-                f"the bridge had no snapshot from {where} within {timeout:g}s; "
-                "is FIRESTORE_EMULATOR_HOST right and the emulator running?"
-            )
+        self._serving = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+            name=f"{self.thread_prefix}-http", daemon=True,
+        )
+        self._serving.start()
         return self
 
-    def wait_idle(self, timeout: float = 30.0) -> bool:
-        """Wait until every change seen so far has been delivered (or given up)."""
+    def register(
+        self, project: str, function_url: str, deliveries: int = 1, shuffle: bool = False
+    ) -> Route:
+        """Relay every write of the project's job documents to the function, from now on."""
+        if deliveries < 1:
+            raise ConfigurationError("deliveries must be at least 1")
+        if not project:
+            raise ConfigurationError("a route needs a project")
+        FunctionEndpoint(function_url)  # refuse a bad URL now, not in every worker
+        route = Route(f"jobfleet-{uuid.uuid4().hex[:16]}", project, function_url, deliveries,
+                      shuffle)
+        with self._lock:
+            self._routes[route.trigger_id] = route
+        try:
+            register_trigger(self.firestore_host, project, route.trigger_id)
+        except BaseException:
+            with self._lock:
+                del self._routes[route.trigger_id]
+            raise
+        log.info("route %s: project %s -> %s", route.trigger_id, project, function_url)
+        return route
+
+    def unregister(self, route: Route, timeout: float = 30.0) -> None:
+        """Stop relaying the route's events; deliver what is queued for it first."""
+        with self._lock:
+            self._routes.pop(route.trigger_id, None)
+        try:
+            retire_trigger(self.firestore_host, route.project, route.trigger_id)
+        except ConfigurationError as exc:  # the emulator is gone: so are its triggers
+            log.info("route %s: %s", route.trigger_id, exc)
+        self.wait_idle(route, timeout)
+        with self._lock:
+            route.closed = True
+            idle, route.idle = route.idle, []
+        for endpoint in idle:
+            endpoint.close()
+
+    def route(self, trigger_id: str) -> Route | None:
+        with self._lock:
+            return self._routes.get(trigger_id)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            routes = {tid: route.stats() for tid, route in self._routes.items()}
+            unrouted = self.unrouted
+        return {"firestore": self.firestore_host, "unrouted": unrouted, "routes": routes}
+
+    def wait_idle(self, route: Route | None = None, timeout: float = 30.0) -> bool:
+        """Wait until every event received so far (for the route, or any) is delivered."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._pending:
+            while route.pending if route is not None else self._pending:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -281,23 +238,31 @@ class FirestoreBridge:
         return True
 
     def stop(self, *, drain: bool = True, timeout: float = 30.0) -> None:
-        """Stop listening; deliver what is queued (unless `drain=False`); end the workers."""
-        if self._watch is not None:
-            self._watch.unsubscribe()
-            self._watch = None
+        """Stop receiving; deliver what is queued (unless `drain=False`); end the workers."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.close_connections()
+            self._server.server_close()  # joins the connection threads
+            self._server = None
+        if self._serving is not None:
+            self._serving.join(timeout)
+            self._serving = None
         if drain:
-            self.wait_idle(timeout)
+            self.wait_idle(timeout=timeout)
         self._stopping = True
         for _ in self._workers:
             self._queue.put((math.inf, next(self._order), None))
         for worker in self._workers:
             worker.join(timeout)
         self._workers = []
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        with self._lock:
+            routes = list(self._routes.values())
+        for route in routes:
+            for endpoint in route.idle:
+                endpoint.close()
+            route.idle = []
 
-    def __enter__(self) -> FirestoreBridge:
+    def __enter__(self) -> TriggerRelay:
         return self.start()
 
     def __exit__(
@@ -305,133 +270,244 @@ class FirestoreBridge:
     ) -> None:
         self.stop()
 
-    def _on_snapshot(
-        self, documents: list[DocumentSnapshot[Any]], changes: list[DocumentChange], read_time: Any
-    ) -> None:
-        # Runs on the listener's thread: an exception escaping would end the listener.
+    def receive(self, project: str, trigger_id: str, event_id: str, body: bytes) -> int:
+        """One trigger request from the emulator, queued; the HTTP status to answer with."""
+        received = dt.datetime.now(dt.UTC)
+        route = self.route(trigger_id)
+        if route is None or route.project != project:
+            with self._lock:
+                self.unrouted += 1
+            return 404  # a removed route's event still on its way
         try:
-            if not self._ready.is_set():
-                for snapshot in documents:  # the state before the bridge: not announced
-                    self._last_seen[snapshot.reference.path] = to_document(
-                        snapshot, self._documents
-                    )
-                self._ready.set()
-                return
-            for change in changes:
-                delivery = self._capture(change, read_time)
-                if delivery is not None:
-                    self._enqueue(delivery)
-        except Exception:
-            log.exception("the bridge could not turn a Firestore change into a CloudEvent")
-
-    def _capture(self, change: DocumentChange, read_time: dt.datetime) -> Delivery | None:
-        snapshot: DocumentSnapshot[Any] = change.document
-        path = snapshot.reference.path
-        parts = path.split("/")
-        if len(parts) != 4 or parts[0] != ORCHESTRATIONS:
-            return None  # a `jobs` collection elsewhere: not what the trigger matches
-        data = EventDataPb()
-        old = self._last_seen.get(path)
-        if change.type is ChangeType.REMOVED:
-            self._last_seen.pop(path, None)
-            if old is None:
-                old = to_document(snapshot, self._documents)
-            data.old_value.CopyFrom(old)
-            when = read_time
-        else:
-            new = to_document(snapshot, self._documents)
-            self._last_seen[path] = new
-            data.value.CopyFrom(new)
-            if old is not None:
-                data.old_value.CopyFrom(old)
-                data.update_mask.field_paths.extend(changed_fields(old, new))
-            when = snapshot.update_time or read_time
-        return Delivery(path, self._headers(path, when), data.SerializeToString())
-
-    def _headers(self, path: str, when: dt.datetime) -> dict[str, str]:
-        """The attributes Eventarc sets on a Firestore event, as binary-mode headers."""
-        return {
-            "ce-specversion": "1.0",
-            "ce-id": str(uuid.uuid4()),
-            "ce-type": WRITTEN,
-            "ce-source": self._source,
-            "ce-subject": f"documents/{path}",
-            "ce-time": rfc3339(when),
-            "ce-dataschema": DATASCHEMA,
-            "ce-project": self.project,
-            "ce-location": self.location,
-            "ce-database": DATABASE,
-            "ce-namespace": NAMESPACE,
-            "ce-document": path,
-            "content-type": "application/protobuf",
-        }
-
-    def _enqueue(self, delivery: Delivery) -> None:
+            event = as_eventarc_sends(project, event_id, body, received, self.location)
+        except ValueError as exc:
+            log.warning("could not read the emulator's event %s: %s", event_id, exc)
+            return 400
+        delivery = Delivery(route, event)
         with self._lock:
-            self.changes += 1
-            self._pending += self.deliveries
+            route.changes += 1
+            route.pending += route.deliveries
+            self._pending += route.deliveries
         now = time.monotonic()
-        for _ in range(self.deliveries):
-            due = now + random.uniform(0, self.shuffle_window) if self.shuffle else 0.0
+        for _ in range(route.deliveries):
+            due = now + random.uniform(0, self.shuffle_window) if route.shuffle else 0.0
             self._queue.put((due, next(self._order), delivery))
+        return 200
 
     def _post_loop(self) -> None:
-        endpoint = FunctionEndpoint(self.function_url)
-        try:
-            while True:
-                due, _, delivery = self._queue.get()
-                if delivery is None:
-                    return
-                if not self._stopping:
-                    pause = due - time.monotonic()
-                    if pause > 0:
-                        time.sleep(pause)
-                    self._deliver(endpoint, delivery)
-                with self._lock:
-                    self._pending -= 1
-                    if not self._pending:
-                        self._lock.notify_all()
-        finally:
-            endpoint.close()
+        while True:
+            due, _, delivery = self._queue.get()
+            if delivery is None:
+                return
+            if not self._stopping:
+                pause = due - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                self._deliver(delivery)
+            route = delivery.route
+            with self._lock:
+                route.pending -= 1
+                self._pending -= 1
+                if not route.pending or not self._pending:
+                    self._lock.notify_all()
 
-    def _deliver(self, endpoint: FunctionEndpoint, delivery: Delivery) -> None:
+    def _deliver(self, delivery: Delivery) -> None:
+        route = delivery.route
+        with self._lock:
+            endpoint = route.idle.pop() if route.idle else FunctionEndpoint(route.function_url)
+        try:
+            problem = self._post(endpoint, delivery)
+        finally:
+            with self._lock:
+                if route.closed:
+                    endpoint.close()
+                else:
+                    route.idle.append(endpoint)
+        if problem:
+            with self._lock:
+                route.failed += 1
+            log.warning("gave up delivering the change of %s: %s", delivery.event.document,
+                        problem)
+
+    def _post(self, endpoint: FunctionEndpoint, delivery: Delivery) -> str:
+        """Deliver with retries; "" once delivered, else what went wrong."""
+        route = delivery.route
         problem = ""
         for attempt in range(RETRIES + 1):
             if attempt:
                 time.sleep(RETRY_PAUSE * 2 ** (attempt - 1))
             try:
-                status = endpoint.post(delivery)
+                status = endpoint.post(delivery.event)
             except (OSError, http.client.HTTPException) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
                 continue
             with self._lock:
-                self.invocations += 1
+                route.invocations += 1
                 if 200 <= status < 300:
-                    self.delivered += 1
-                    return
+                    route.delivered += 1
+                    return ""
             problem = f"HTTP {status}"
             if status < 500:
                 break  # the function refused the event; sending it again will not help
-        with self._lock:
-            self.failed += 1
-        log.warning("gave up delivering the change of %s: %s", delivery.document, problem)
+        return problem
+
+
+class _RelayServer(ThreadingHTTPServer):
+    """One thread per connection (the emulator keeps one open).
+
+    `stop` shuts the open connections down and joins their threads, which are
+    therefore not daemons.
+    """
+
+    daemon_threads = False
+
+    def __init__(self, address: tuple[str, int], relay: TriggerRelay) -> None:
+        super().__init__(address, _RelayHandler)
+        self.relay = relay
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        threading.current_thread().name = f"{self.relay.thread_prefix}-connection"
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._connections_lock:
+                self._connections.discard(request)
+
+    def close_connections(self) -> None:
+        with self._connections_lock:
+            for connection in self._connections:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+class _RelayHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: the emulator reuses its connection
+    server: _RelayServer
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        relay = self.server.relay
+        path = urllib.parse.urlsplit(self.path).path
+        if trigger := TRIGGER_PATH.fullmatch(path):
+            project, trigger_id = (urllib.parse.unquote(part) for part in trigger.groups())
+            event_id = self.headers.get("ce-id") or str(uuid.uuid4())
+            self._reply(relay.receive(project, trigger_id, event_id, body))
+        elif path == "/_bridge/routes":
+            self._add_route(relay, body)
+        else:
+            self._reply(404, {"error": f"no {path}"})
+
+    def do_GET(self) -> None:
+        path = urllib.parse.urlsplit(self.path).path
+        if path == "/_bridge/stats":
+            self._reply(200, self.server.relay.stats())
+        elif path == "/":
+            self._reply(200)
+        else:
+            self._reply(404, {"error": f"no {path}"})
+
+    def do_DELETE(self) -> None:
+        relay = self.server.relay
+        trigger_id = urllib.parse.urlsplit(self.path).path.removeprefix("/_bridge/routes/")
+        route = relay.route(trigger_id)
+        if route is None:
+            self._reply(404, {"error": f"no route {trigger_id}"})
+            return
+        relay.unregister(route)
+        self._reply(200, route.stats())
+
+    def _add_route(self, relay: TriggerRelay, body: bytes) -> None:
+        try:
+            asked = json.loads(body or b"{}")
+            route = relay.register(
+                str(asked["project"]), str(asked["function_url"]),
+                int(asked.get("deliveries", 1)), bool(asked.get("shuffle", False)),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            self._reply(400, {"error": f"a route is JSON with project and function_url "
+                                       f"(and deliveries, shuffle): {exc!r}"})
+        except ConfigurationError as exc:
+            self._reply(502, {"error": str(exc)})
+        else:
+            self._reply(201, route.stats())
+
+    def _reply(self, status: int, payload: object = None) -> None:
+        body = b"" if payload is None else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-length", str(len(body)))
+        if body:
+            self.send_header("content-type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+def add_route(
+    relay_url: str, project: str, function_url: str, deliveries: int = 1, shuffle: bool = False
+) -> dict[str, Any]:
+    """Add a route to a running relay from another process; its stats, trigger id included."""
+    payload = {"project": project, "function_url": function_url, "deliveries": deliveries,
+               "shuffle": shuffle}
+    request = urllib.request.Request(
+        f"{relay_url.rstrip('/')}/_bridge/routes", data=json.dumps(payload).encode(),
+        method="POST", headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=ROUTE_TIMEOUT) as reply:
+            stats: dict[str, Any] = json.load(reply)
+    except urllib.error.HTTPError as exc:
+        raise ConfigurationError(f"the relay at {relay_url} refused the route: "
+                                 f"{exc.read().decode(errors='replace')[:500]}") from exc
+    except OSError as exc:
+        raise ConfigurationError(f"no trigger relay answers at {relay_url}: {exc}") from exc
+    return stats
+
+
+def remove_route(relay_url: str, trigger_id: str) -> None:
+    """Remove a route from a running relay, if both are still there."""
+    request = urllib.request.Request(
+        f"{relay_url.rstrip('/')}/_bridge/routes/{trigger_id}", method="DELETE"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=POST_TIMEOUT + 5) as reply:
+            reply.read()
+    except OSError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jobfleet.dev.bridge",
-        description="POST each change of the Firestore emulator's job documents to a "
-        "function as the CloudEvent Eventarc would send.",
+        description="Receive the Firestore emulator's trigger events (its --functions_emulator "
+        "address) and POST each to a function as the CloudEvent Eventarc would send.",
     )
-    parser.add_argument("--project", default=os.environ.get("GOOGLE_CLOUD_PROJECT"))
-    parser.add_argument("--function-url", required=True)
-    parser.add_argument("--collection-group", default="jobs")
-    parser.add_argument("--deliveries", type=int, default=1, help="copies of every change")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0: any free port (logged)")
+    parser.add_argument("--firestore", default=os.environ.get("FIRESTORE_EMULATOR_HOST"),
+                        help="the emulator's host:port (default: FIRESTORE_EMULATOR_HOST)")
+    parser.add_argument("--project", help="with --function-url: a first route")
+    parser.add_argument("--function-url")
+    parser.add_argument("--deliveries", type=int, default=1, help="copies of every event")
     parser.add_argument("--shuffle", action="store_true", help="deliver out of order")
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
     args = parser.parse_args(argv)
-    if not args.project:
-        parser.error("--project is required (or set GOOGLE_CLOUD_PROJECT)")
+    if not args.firestore:
+        parser.error("--firestore is required (or set FIRESTORE_EMULATOR_HOST)")
+    if args.function_url and not args.project:
+        args.project = os.environ.get("GOOGLE_CLOUD_PROJECT")
+        if not args.project:
+            parser.error("--function-url needs --project (or GOOGLE_CLOUD_PROJECT)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     finished = threading.Event()
@@ -442,23 +518,28 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, finish)
     signal.signal(signal.SIGTERM, finish)
     try:
-        bridge = FirestoreBridge(
-            args.project,
-            args.function_url,
-            args.collection_group,
-            args.deliveries,
-            args.shuffle,
-            concurrency=args.concurrency,
+        relay = TriggerRelay(
+            args.firestore, host=args.host, port=args.port, concurrency=args.concurrency
         ).start()
-    except ConfigurationError as exc:
+    except (ConfigurationError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    log.info("bridging %s/*/%s to %s", ORCHESTRATIONS, args.collection_group, args.function_url)
+    try:
+        if args.function_url:
+            relay.register(args.project, args.function_url, args.deliveries, args.shuffle)
+    except ConfigurationError as exc:
+        relay.stop(drain=False)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    log.info("relaying trigger events on %s for the Firestore emulator at %s",
+             relay.url, args.firestore)
     finished.wait()
-    bridge.stop()
+    relay.stop()
+    routes = relay.stats()["routes"].values()
     log.info(
         "stopped: %d changes, %d delivered, %d failed",
-        bridge.changes, bridge.delivered, bridge.failed,
+        sum(r["changes"] for r in routes), sum(r["delivered"] for r in routes),
+        sum(r["failed"] for r in routes),
     )
     return 0
 

@@ -1,24 +1,37 @@
-"""Starting the Firestore and Pub/Sub emulators from the local gcloud install.
+"""Starting the Firestore and Pub/Sub emulators from the local Google Cloud CLI install.
 
-`gcloud` is a wrapper that leaves its Java child running when it alone is killed,
-so each emulator starts in a process group of its own and stopping it ends the
-whole group: no run leaks a server or a port.
+The Firestore emulator is started from its own binary rather than through `gcloud`,
+because only the binary takes `--functions_emulator`: the address it POSTs an event
+to for each write that matches a registered Eventarc trigger (the trigger relay in
+`jobfleet.dev.bridge`). Each emulator starts in a process group of its own and
+stopping it ends the whole group (`gcloud` leaves its Java child running when it
+alone is killed): no run leaks a server or a port.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from jobfleet.errors import ConfigurationError
 
 START_TIMEOUT = 90.0
+STOP_GRACE = 5.0
+FIRESTORE_BINARY = Path("platform", "cloud-firestore-emulator", "cloud_firestore_emulator")
+INSTALL_FIRESTORE = (
+    "install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install) and run "
+    "`gcloud components install cloud-firestore-emulator` (or, where the CLI came from "
+    "apt, `apt-get install google-cloud-cli-firestore-emulator`); it needs Java 11+"
+)
 
 
 def free_port() -> int:
@@ -35,23 +48,57 @@ def answers(host_port: str) -> bool:
         return False
 
 
-def stop_group(pid: int, grace: float = 5.0) -> None:
-    """SIGTERM the process group, then SIGKILL what is left of it."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
+def _group_alive(leader: int | subprocess.Popen[Any]) -> bool:
+    # Reap the leader if it is our own child: a zombie leader keeps its group "alive".
+    if isinstance(leader, subprocess.Popen):
+        leader.poll()
+        pid = leader.pid
+    else:
+        pid = leader
         try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass  # not our child: its parent reaps it
     try:
-        os.killpg(pid, signal.SIGKILL)
+        os.killpg(pid, 0)
     except ProcessLookupError:
-        pass
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_groups(leaders: Sequence[int | subprocess.Popen[Any]], grace: float = STOP_GRACE) -> None:
+    """SIGTERM every process group at once, wait for all of them, SIGKILL what is left.
+
+    A leader is a process group id, or the Popen of our own child that leads its group
+    (which is then also reaped).
+    """
+    for leader in leaders:
+        pid = leader.pid if isinstance(leader, subprocess.Popen) else leader
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    alive = [leader for leader in leaders if _group_alive(leader)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [leader for leader in alive if _group_alive(leader)]
+    for leader in alive:
+        pid = leader.pid if isinstance(leader, subprocess.Popen) else leader
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for leader in leaders:
+        if isinstance(leader, subprocess.Popen):
+            leader.wait()
+
+
+def stop_group(leader: int | subprocess.Popen[Any], grace: float = STOP_GRACE) -> None:
+    """SIGTERM the process group, then SIGKILL what is left of it."""
+    stop_groups([leader], grace)
 
 
 @dataclass
@@ -78,42 +125,89 @@ class Emulator:
                 return
             if self.process is not None and self.process.poll() is not None:
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
         self.stop()
         tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
         raise ConfigurationError(f"the {self.name} emulator did not start:\n{tail}")
 
     def stop(self) -> None:
-        if self.process is not None:
-            stop_group(self.process.pid)
-            self.process.wait()
-            self.process = None
+        stop_emulators([self])
 
 
-def gcloud_emulator(name: str, project: str, logs: Path, port: int | None = None) -> Emulator:
+def stop_emulators(emulators: Sequence[Emulator]) -> None:
+    """Stop them in parallel: each JVM takes a second or two to shut down."""
+    running = [e.process for e in emulators if e.process is not None]
+    stop_groups(running)
+    for emulator in emulators:
+        emulator.process = None
+
+
+def sdk_root() -> Path | None:
+    """The Google Cloud CLI's install folder, from where `gcloud` resolves to."""
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        return None
+    root = Path(gcloud).resolve().parent.parent  # <root>/bin/gcloud
+    if (root / "platform").is_dir():
+        return root
+    try:  # an unusual layout: ask gcloud itself (a second or two)
+        asked = subprocess.run(
+            [gcloud, "info", "--format=value(installation.sdk_root)"],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return Path(asked) if asked else None
+
+
+def firestore_binary() -> Path:
+    root = sdk_root()
+    binary = root / FIRESTORE_BINARY if root is not None else None
+    if binary is None or not os.access(binary, os.X_OK):
+        where = f"no {binary}" if binary is not None else "no `gcloud` on PATH"
+        raise ConfigurationError(f"the Firestore emulator is not installed ({where}): "
+                                 f"{INSTALL_FIRESTORE}")
+    return binary
+
+
+def firestore_emulator(logs: Path, relay: str, port: int | None = None) -> Emulator:
+    """The Firestore emulator, POSTing trigger events to the relay at `relay` (host:port)."""
     host_port = f"127.0.0.1:{port or free_port()}"
-    if name == "firestore":
-        command = ["gcloud", "emulators", "firestore", "start", f"--host-port={host_port}"]
-        env_var = "FIRESTORE_EMULATOR_HOST"
-    elif name == "pubsub":
-        command = ["gcloud", "beta", "emulators", "pubsub", "start",
-                   f"--host-port={host_port}", f"--project={project}"]
-        env_var = "PUBSUB_EMULATOR_HOST"
-    else:
-        raise ValueError(f"no emulator named {name!r}")
-    return Emulator(name, env_var, command, host_port, logs / f"{name}-emulator.log")
+    host, _, bound = host_port.rpartition(":")
+    command = [str(firestore_binary()), "start", f"--host={host}", f"--port={bound}",
+               f"--functions_emulator={relay}"]
+    return Emulator("firestore", "FIRESTORE_EMULATOR_HOST", command, host_port,
+                    logs / "firestore-emulator.log")
 
 
-def start_emulators(project: str, logs: Path) -> list[Emulator]:
-    """Start both emulators at once (each takes seconds of JVM start-up) and wait."""
-    emulators = [gcloud_emulator(n, project, logs) for n in ("firestore", "pubsub")]
+def pubsub_emulator(project: str, logs: Path, port: int | None = None) -> Emulator:
+    if shutil.which("gcloud") is None:
+        raise ConfigurationError(
+            "the Pub/Sub emulator needs the Google Cloud CLI: install it and run "
+            "`gcloud components install pubsub-emulator` (it needs Java 11+)"
+        )
+    host_port = f"127.0.0.1:{port or free_port()}"
+    command = ["gcloud", "beta", "emulators", "pubsub", "start",
+               f"--host-port={host_port}", f"--project={project}"]
+    return Emulator("pubsub", "PUBSUB_EMULATOR_HOST", command, host_port,
+                    logs / "pubsub-emulator.log")
+
+
+def start_emulators(
+    project: str, logs: Path, relay: str, firestore_port: int | None = None
+) -> list[Emulator]:
+    """Start both emulators at once (each takes seconds of JVM start-up) and wait.
+
+    `relay` is the host:port of the trigger relay that the Firestore emulator will POST
+    trigger events to; it need not be listening yet.
+    """
+    emulators = [firestore_emulator(logs, relay, firestore_port), pubsub_emulator(project, logs)]
     try:
         for emulator in emulators:
             emulator.start()
         for emulator in emulators:
             emulator.wait_ready()
     except BaseException:
-        for emulator in emulators:
-            emulator.stop()
+        stop_emulators(emulators)
         raise
     return emulators

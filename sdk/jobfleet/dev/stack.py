@@ -1,10 +1,14 @@
 """`jobfleet dev up` / `down`: the whole Google Cloud shape on one machine.
 
-Both emulators, the Cloud Run stand-in (whose tasks are real `jobfleet worker`
-processes), the completion function on functions-framework, and the bridge that
-turns Firestore changes into the CloudEvents Eventarc would send. Every part runs
-in a process group of its own, recorded in a state file, so that `down` (and any
-failed `up`) stops all of it.
+Both emulators, the trigger relay that the Firestore emulator sends its trigger events
+to (and that POSTs them to the function as Eventarc would), the Cloud Run stand-in
+(whose tasks are real `jobfleet worker` processes) and the completion function on
+functions-framework. Every part runs in a process group of its own, recorded in a
+state file, so that `down` (and any failed `up`) stops all of it.
+
+A running Firestore emulator (FIRESTORE_EMULATOR_HOST) is reused only together with
+the relay it sends its events to (JOBFLEET_TRIGGER_RELAY): `up` adds the function's
+route to that relay, and `down` removes it and leaves both running.
 """
 
 from __future__ import annotations
@@ -21,11 +25,20 @@ from pathlib import Path
 
 from jobfleet import cloud_function
 from jobfleet.config import DEFAULT_CLOUD_RUN_JOB, DEFAULT_REGION, DEFAULT_TOPIC
-from jobfleet.dev.emulators import answers, free_port, gcloud_emulator, stop_group
+from jobfleet.dev.bridge import add_route, remove_route
+from jobfleet.dev.emulators import (
+    answers,
+    firestore_emulator,
+    free_port,
+    pubsub_emulator,
+    stop_groups,
+)
 from jobfleet.errors import ConfigurationError
 
 DEFAULT_PROJECT = "jobfleet-dev"
 READY_TIMEOUT = 90.0
+RELAY = "JOBFLEET_TRIGGER_RELAY"
+FIRST_STOPPED = "function"  # so that nothing it is still doing meets a stopped emulator
 
 
 def _responds(url: str) -> bool:
@@ -44,6 +57,7 @@ class Stack:
     state_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     groups: dict[str, int] = field(default_factory=dict)  # part -> process group id
+    route: str | None = None  # the function's trigger id on the relay
 
     @property
     def state_file(self) -> Path:
@@ -51,7 +65,9 @@ class Stack:
 
     def save(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.state_file.write_text(json.dumps({"env": self.env, "groups": self.groups}))
+        self.state_file.write_text(
+            json.dumps({"env": self.env, "groups": self.groups, "route": self.route})
+        )
 
     @classmethod
     def load(cls, state_dir: Path) -> Stack | None:
@@ -59,7 +75,7 @@ class Stack:
             data = json.loads((state_dir / "stack.json").read_text())
         except (OSError, ValueError):
             return None
-        return cls(state_dir, data["env"], data["groups"])
+        return cls(state_dir, data["env"], data["groups"], data.get("route"))
 
     def alive(self) -> bool:
         for pid in self.groups.values():
@@ -78,25 +94,29 @@ class Stack:
         self.groups[part] = process.pid
         self.save()
 
-    def wait_for(self, part: str, ready: str | None) -> None:
-        """Until `ready` answers (or, with none, the process is still up after a moment)."""
+    def wait_for(self, part: str, ready: str) -> None:
+        """Until `ready` answers, or the part's processes are gone."""
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             try:
                 os.killpg(self.groups[part], 0)
             except ProcessLookupError:
                 break
-            if ready is None or _responds(ready):
-                if ready is None:
-                    time.sleep(1.0)
+            if _responds(ready):
                 return
-            time.sleep(0.2)
+            time.sleep(0.1)
         tail = (self.state_dir / f"{part}.log").read_text(errors="replace")[-1500:]
         raise ConfigurationError(f"{part} did not start; its log ends:\n{tail}")
 
     def stop(self) -> None:
-        for pid in reversed(list(self.groups.values())):
-            stop_group(pid)
+        """Remove the function's route; stop the function, then the rest at once."""
+        relay = self.env.get(RELAY)
+        if self.route is not None and relay:
+            remove_route(relay, self.route)
+            self.route = None
+        first = [pid for part, pid in self.groups.items() if part == FIRST_STOPPED]
+        stop_groups(first)
+        stop_groups([pid for part, pid in self.groups.items() if part != FIRST_STOPPED])
         self.groups.clear()
         self.state_file.unlink(missing_ok=True)
 
@@ -104,8 +124,8 @@ class Stack:
 def up(state_dir: Path, project: str = DEFAULT_PROJECT, parallelism: int = 10) -> Stack:
     """Start every part, wait until each answers, and return the environment to use.
 
-    Emulators already named by FIRESTORE_EMULATOR_HOST / PUBSUB_EMULATOR_HOST and
-    answering are reused (and left running by `down`).
+    Emulators already named by FIRESTORE_EMULATOR_HOST (with JOBFLEET_TRIGGER_RELAY) and
+    PUBSUB_EMULATOR_HOST and answering are reused (and left running by `down`).
     """
     existing = Stack.load(state_dir)
     if existing is not None and existing.alive():
@@ -130,42 +150,61 @@ def _start(stack: Stack, project: str, parallelism: int) -> None:
         "JOBFLEET_CLOUD_RUN_JOB": DEFAULT_CLOUD_RUN_JOB,
         "JOBFLEET_TOPIC": os.environ.get("JOBFLEET_TOPIC") or DEFAULT_TOPIC,
     }
-    for name, var in (("firestore", "FIRESTORE_EMULATOR_HOST"),
-                      ("pubsub", "PUBSUB_EMULATOR_HOST")):
-        given = os.environ.get(var)
-        if given and answers(given):
-            env[var] = given
-            continue
-        emulator = gcloud_emulator(name, project, stack.state_dir)
-        stack.spawn(f"{name}-emulator", emulator.command, {})
-        env[var] = emulator.host_port
-    for name, var in (("firestore", "FIRESTORE_EMULATOR_HOST"),
-                      ("pubsub", "PUBSUB_EMULATOR_HOST")):
-        if f"{name}-emulator" in stack.groups:
-            stack.wait_for(f"{name}-emulator", f"http://{env[var]}/")
+    stack.env = env
+    waits: list[tuple[str, str]] = []
+    given_firestore = os.environ.get("FIRESTORE_EMULATOR_HOST")
+    given_relay = (os.environ.get(RELAY) or "").rstrip("/")
+    if given_firestore and answers(given_firestore):
+        if not (given_relay and _responds(f"{given_relay}/_bridge/stats")):
+            raise ConfigurationError(
+                f"FIRESTORE_EMULATOR_HOST={given_firestore} answers, but no trigger relay "
+                f"answers at {RELAY}={given_relay or '(unset)'}: the emulator sends its "
+                f"trigger events only to the relay it was started with. Set {RELAY} to that "
+                "relay, or unset FIRESTORE_EMULATOR_HOST for `jobfleet dev up` to start both."
+            )
+        env["FIRESTORE_EMULATOR_HOST"], env[RELAY] = given_firestore, given_relay
+    else:
+        relay_port = free_port()
+        firestore = firestore_emulator(stack.state_dir, relay=f"127.0.0.1:{relay_port}")
+        stack.spawn("firestore-emulator", firestore.command, {})
+        stack.spawn("relay", [
+            sys.executable, "-m", "jobfleet.dev.bridge", "--port", str(relay_port),
+            "--firestore", firestore.host_port,
+        ], {})
+        env["FIRESTORE_EMULATOR_HOST"] = firestore.host_port
+        env[RELAY] = f"http://127.0.0.1:{relay_port}"
+        waits += [("firestore-emulator", f"http://{firestore.host_port}/"),
+                  ("relay", f"{env[RELAY]}/_bridge/stats")]
+    given_pubsub = os.environ.get("PUBSUB_EMULATOR_HOST")
+    if given_pubsub and answers(given_pubsub):
+        env["PUBSUB_EMULATOR_HOST"] = given_pubsub
+    else:
+        pubsub = pubsub_emulator(project, stack.state_dir)
+        stack.spawn("pubsub-emulator", pubsub.command, {})
+        env["PUBSUB_EMULATOR_HOST"] = pubsub.host_port
+        waits.append(("pubsub-emulator", f"http://{pubsub.host_port}/"))
 
     cloud_run_port, function_port = free_port(), free_port()
     env["JOBFLEET_CLOUD_RUN_ENDPOINT"] = f"http://127.0.0.1:{cloud_run_port}"
-    stack.env = env
-    worker_env = [f"--env={k}={v}" for k, v in env.items() if k != "JOBFLEET_CLOUD_RUN_ENDPOINT"]
+    worker_env = [f"--env={k}={v}" for k, v in env.items()
+                  if k not in ("JOBFLEET_CLOUD_RUN_ENDPOINT", RELAY)]
     stack.spawn("cloud-run", [
         sys.executable, "-m", "jobfleet.dev.cloud_run", "--port", str(cloud_run_port),
         "--project", project, "--region", env["JOBFLEET_REGION"],
         "--job", env["JOBFLEET_CLOUD_RUN_JOB"], "--parallelism", str(parallelism),
         *worker_env,
     ], env)
-    stack.spawn("function", [
+    function_url = f"http://127.0.0.1:{function_port}/"
+    stack.spawn(FIRST_STOPPED, [
         sys.executable, "-m", "functions_framework", "--target", "on_job_written",
         "--source", cloud_function.__file__, "--signature-type", "cloudevent",
         "--host", "127.0.0.1", "--port", str(function_port),
     ], env)
-    stack.wait_for("cloud-run", f"{env['JOBFLEET_CLOUD_RUN_ENDPOINT']}/_standin/calls")
-    stack.wait_for("function", f"http://127.0.0.1:{function_port}/")
-    stack.spawn("bridge", [
-        sys.executable, "-m", "jobfleet.dev.bridge", "--project", project,
-        "--function-url", f"http://127.0.0.1:{function_port}/",
-    ], env)
-    stack.wait_for("bridge", None)
+    waits += [("cloud-run", f"{env['JOBFLEET_CLOUD_RUN_ENDPOINT']}/_standin/calls"),
+              (FIRST_STOPPED, function_url)]
+    for part, ready in waits:
+        stack.wait_for(part, ready)
+    stack.route = str(add_route(env[RELAY], project, function_url)["trigger_id"])
     stack.save()
 
 

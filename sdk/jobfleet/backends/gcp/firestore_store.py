@@ -442,21 +442,32 @@ class FirestoreStore:
         return True
 
     def finish_orchestration(self, orchestration_id: str, status: Status, now: float) -> bool:
-        """A transaction reads the status and flips it: of concurrent callers, in any
-        process, exactly one sees InProgress and commits."""
-        ref = self._ref(orchestration_id)
+        """Of concurrent callers, in any process, exactly one sees InProgress and flips it.
 
-        def flip(transaction: firestore.Transaction) -> bool:
-            doc = ref.get(transaction=transaction)
+        Optimistic, as `claim` is, rather than a transaction: duplicate triggers run
+        this at once, and on the emulator transactions that read the same document wait
+        on each other's locks until a two-second timeout, again and again while more
+        callers arrive. The flip is written on condition that the document is unchanged
+        since it was read; a loser fails at once and reads again."""
+        ref = self._ref(orchestration_id)
+        for _ in range(CONFLICT_ATTEMPTS):
+            doc = ref.get()
             if not doc.exists or doc.get("status") != IN_PROGRESS:
                 return False
-            transaction.update(ref, {"status": status.value, "finished_at": now})
-            return True
-
-        flipped = self._transact(flip)
-        if flipped:
+            try:
+                ref.update(
+                    {"status": status.value, "finished_at": now},
+                    option=self._client.write_option(last_update_time=doc.update_time),
+                )
+            except (exceptions.FailedPrecondition, exceptions.Aborted):
+                _pause()  # then, had it landed after all, the next read says so
+                continue
             self._changes.bump(orchestration_id)
-        return flipped
+            return True
+        raise JobfleetError(
+            f"could not finish orchestration {orchestration_id}: its document changed "
+            f"{CONFLICT_ATTEMPTS} times in a row while being read; try again"
+        )
 
     def outcomes(self, orchestration_id: str) -> Iterator[Success | Failure]:
         """Page by page in index order, so that a slow reader holds no stream open."""

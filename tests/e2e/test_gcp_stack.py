@@ -1,0 +1,235 @@
+"""The Google Cloud shape end to end on one machine, on the real emulators.
+
+`jobfleet dev up`, on the session's emulators and trigger relay, starts the Cloud Run
+stand-in (real `jobfleet worker` tasks) and the completion function on
+functions-framework, and routes the emulator's trigger events for its project to the
+function; the SDK with the gcp backend kicks off; a Pub/Sub subscription receives the
+one JobCompletedEvent that the function publishes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import TESTS, Emulators
+from jobfleet import JobCompletedEvent, JobFleet, Status, cloud_function
+from jobfleet.backends.gcp.firestore_store import FirestoreStore
+from jobfleet.backends.gcp.pubsub import EventSubscriber, ensure_subscription
+from jobfleet.core.models import NewInstance, NewOrchestration, RunOptions
+from jobfleet.dev.emulators import free_port, stop_group, stop_groups
+
+pytestmark = pytest.mark.slow
+
+TOPIC = "jobfleet-job-completed"
+
+
+def _env_with_tests(extra: dict[str, str]) -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, **extra, "PYTHONPATH": path}
+
+
+@pytest.fixture(scope="module")
+def stack(
+    emulators: Emulators, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    """`jobfleet dev up` on the session's emulators and relay; its exports, then `dev down`."""
+    home = tmp_path_factory.mktemp("dev-home")
+    env = _env_with_tests({**emulators.environment(), "JOBFLEET_HOME": str(home)})
+    command = [sys.executable, "-m", "jobfleet", "dev"]
+    up = subprocess.run([*command, "up", "--project", emulators.project, "--parallelism", "4"],
+                        env=env, capture_output=True, text=True, timeout=180)
+    assert up.returncode == 0, up.stderr
+    exports = dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in up.stdout.splitlines() if line.startswith("export ")
+    )
+    assert exports["JOBFLEET_TRIGGER_RELAY"] == emulators.relay_url  # reused, with its emulator
+    assert exports["FIRESTORE_EMULATOR_HOST"] == emulators.firestore_host
+    try:
+        yield {**exports, "JOBFLEET_HOME": str(home)}
+    finally:
+        down = subprocess.run([*command, "down"], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert not (home / "dev" / "stack.json").exists()
+
+
+@pytest.fixture
+def gcp_fleet(stack: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[JobFleet]:
+    for name, value in _env_with_tests({**stack, "JOBFLEET_JOBS": "sample_jobs"}).items():
+        monkeypatch.setenv(name, value)
+    with JobFleet() as fleet:
+        yield fleet
+
+
+class Received:
+    """The events a subscription delivered, for the test to wait on."""
+
+    def __init__(self) -> None:
+        self.events: list[JobCompletedEvent] = []
+        self.changed = threading.Condition()
+
+    def __call__(self, event: JobCompletedEvent) -> None:
+        with self.changed:
+            self.events.append(event)
+            self.changed.notify_all()
+
+    def of(self, orchestration_id: str, timeout: float) -> list[JobCompletedEvent]:
+        with self.changed:
+            self.changed.wait_for(
+                lambda: any(e.orchestration_id == orchestration_id for e in self.events),
+                timeout,
+            )
+        time.sleep(3)  # a duplicate would have arrived by now
+        return [e for e in self.events if e.orchestration_id == orchestration_id]
+
+
+def subscribe(project: str, filter: str | None = None) -> tuple[EventSubscriber, Received]:
+    received = Received()
+    name = f"e2e-{uuid.uuid4().hex[:10]}"
+    ensure_subscription(project, TOPIC, name, filter)
+    return EventSubscriber(project, name, received), received
+
+
+def test_a_fan_out_of_500_is_announced_once_with_counts_tags_and_results(
+    gcp_fleet: JobFleet, emulators: Emulators
+) -> None:
+    subscriber, received = subscribe(emulators.project, 'attributes.team = "data"')
+    params = [{"n": n, "fail": n % 50 == 7} for n in range(500)]
+    with subscriber:
+        orchestration = gcp_fleet.kick_off(
+            "maybe_fail", params, parallelism=4, tags={"team": "data"}
+        )
+        successes, failures = orchestration.results(timeout=300)
+        events = received.of(orchestration.id, timeout=30)
+
+    assert len(events) == 1
+    event = events[0]
+    assert (event.status, event.total, event.succeeded, event.failed) == (
+        Status.ERRORED, 500, 490, 10,
+    )
+    assert event.tags == {"team": "data"} and event.job_name == "maybe_fail"
+    assert failures is not None
+    assert [f.index for f in failures] == [n for n in range(500) if n % 50 == 7]
+    assert all(f.params == params[f.index] for f in failures)
+    assert all(s.result == s.params["n"] * 10 for s in successes)
+    assert len({s.job_id for s in successes} | {f.job_id for f in failures}) == 500
+    endpoint = os.environ["JOBFLEET_CLOUD_RUN_ENDPOINT"]
+    with urllib.request.urlopen(f"{endpoint}/_standin/calls", timeout=10) as reply:
+        calls = json.load(reply)
+    assert calls["RunJob"] >= 1
+
+
+def test_a_killed_worker_task_is_retried_and_every_instance_ends(
+    gcp_fleet: JobFleet, emulators: Emulators, tmp_path: Path
+) -> None:
+    subscriber, received = subscribe(emulators.project)
+    params = [{"n": n, "seconds": 1.0, "dir": str(tmp_path)} for n in range(8)]
+    with subscriber:
+        orchestration = gcp_fleet.kick_off("sleepy", params, parallelism=2, retries=1)
+        killed = None
+        deadline = time.monotonic() + 120
+        while killed is None and time.monotonic() < deadline:
+            for marker in tmp_path.glob("running-*"):
+                if pid := int(marker.read_text() or 0):
+                    os.kill(pid, signal.SIGKILL)
+                    killed = int(marker.name.removeprefix("running-"))
+                    break
+            time.sleep(0.02)
+        assert killed is not None
+        snap = orchestration.wait(timeout=300)
+        events = received.of(orchestration.id, timeout=30)
+
+    assert snap.status is Status.COMPLETED
+    assert snap.counts.succeeded == 8 and snap.counts.done == 8
+    assert len(events) == 1 and events[0].status is Status.COMPLETED
+
+
+def test_every_trigger_delivered_three_times_out_of_order_still_announces_once(
+    emulators: Emulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A project of its own: only this test's route sees its documents."""
+    project = f"triple-{uuid.uuid4().hex[:8]}"
+    env = _env_with_tests({
+        **emulators.environment(), "GOOGLE_CLOUD_PROJECT": project, "JOBFLEET_BACKEND": "gcp",
+        "JOBFLEET_TOPIC": TOPIC, "JOBFLEET_JOBS": "sample_jobs",
+    })
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    store = FirestoreStore(project=project)
+    total, shards = 60, 3
+    oid = str(uuid.uuid4())
+    options = RunOptions(retries=0, backoff=0.0, timeout=None, parallelism=shards)
+    store.create_orchestration(
+        NewOrchestration(oid, "maybe_fail", options, {"stage": "triple"}, time.time()),
+        [[NewInstance(str(uuid.uuid4()), i, i % shards, {"n": i, "fail": i == 5})
+          for i in range(total)]],
+    )
+
+    port = free_port()
+    function_log = tmp_path / "function.log"
+    with open(function_log, "wb") as log:
+        function = subprocess.Popen(
+            [sys.executable, "-m", "functions_framework", "--target", "on_job_written",
+             "--source", cloud_function.__file__, "--signature-type", "cloudevent",
+             "--host", "127.0.0.1", "--port", str(port)],
+            env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+        )
+    relay = emulators.relay
+    route = None
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        subscriber, received = subscribe(project)
+        _wait_for_port(port)
+        route = relay.register(project, f"http://127.0.0.1:{port}/", deliveries=3, shuffle=True)
+        with subscriber:
+            workers = [
+                subprocess.Popen([sys.executable, "-m", "jobfleet", "worker"], env={
+                    **env, "JOB_NAME": "maybe_fail", "ORCHESTRATION_ID": oid,
+                    "CLOUD_RUN_TASK_INDEX": str(shard), "CLOUD_RUN_TASK_COUNT": str(shards),
+                }, start_new_session=True)
+                for shard in range(shards)
+            ]
+            assert [w.wait(timeout=120) for w in workers] == [0] * shards
+            events = received.of(oid, timeout=60)
+            # The claim and the finish of each instance, three times each.
+            deadline = time.monotonic() + 60
+            while route.delivered < 3 * 2 * total and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert relay.wait_idle(route, timeout=60)
+            published = store.get_orchestration(oid).event_published
+    finally:
+        if route is not None:
+            relay.unregister(route)
+        stop_group(function)
+        stop_groups(workers)
+        store.close()
+
+    assert len(events) == 1
+    assert (events[0].status, events[0].succeeded, events[0].failed) == (Status.ERRORED, 59, 1)
+    assert route.delivered >= 3 * 2 * total  # claim and finish of each, three times each
+    assert route.failed == 0
+    assert published
+
+
+def _wait_for_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {port}")
