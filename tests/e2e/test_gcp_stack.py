@@ -233,3 +233,31 @@ def _wait_for_port(port: int, timeout: float = 60) -> None:
                 return
         time.sleep(0.1)
     raise AssertionError(f"nothing listens on {port}")
+
+
+def test_the_cli_works_unchanged_against_the_stack(
+    stack: dict[str, str], tmp_path: Path
+) -> None:
+    """`jobfleet run/status/results/list/events` with the exports of `dev up`."""
+    env = _env_with_tests({**stack, "JOBFLEET_JOBS": "sample_jobs"})
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "jobfleet", *args], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps([{"n": n, "fail": n == 3} for n in range(12)]))
+    run = cli("run", "maybe_fail", "--params", str(params), "--tag", "via=cli", "--json")
+    assert run.returncode == 1, run.stderr  # one instance errored
+    summary = json.loads(run.stdout)
+    assert (summary["status"], summary["succeeded"], summary["failed"]) == ("Errored", 11, 1)
+    oid = summary["orchestration_id"]
+
+    status = json.loads(cli("status", oid, "--json").stdout)
+    assert status["total"] == 12 and status["tags"] == {"via": "cli"}
+    results = json.loads(cli("results", oid, "--failed", "--json").stdout)
+    assert [f["params"] for f in results["failures"]] == [{"n": 3, "fail": True}]
+    assert oid in [o["orchestration_id"] for o in json.loads(cli("list", "--json").stdout)]
+    events = [json.loads(line) for line in cli("events", "--json").stdout.splitlines()]
+    assert [e["status"] for e in events if e["orchestration_id"] == oid] == ["Errored"]
+    assert cli("status", "no-such-id").returncode == 2
