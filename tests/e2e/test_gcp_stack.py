@@ -21,8 +21,10 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from google.cloud import firestore
 
 from conftest import TESTS, Emulators
 from jobfleet import JobCompletedEvent, JobFleet, Status, cloud_function
@@ -65,6 +67,8 @@ def stack(
                               timeout=120)
         assert down.returncode == 0, down.stderr
         assert not (home / "dev" / "stack.json").exists()
+        routes = emulators.relay.stats()["routes"].values()
+        assert not [r for r in routes if r["project"] == emulators.project]  # route removed
 
 
 @pytest.fixture
@@ -261,3 +265,75 @@ def test_the_cli_works_unchanged_against_the_stack(
     events = [json.loads(line) for line in cli("events", "--json").stdout.splitlines()]
     assert [e["status"] for e in events if e["orchestration_id"] == oid] == ["Errored"]
     assert cli("status", "no-such-id").returncode == 2
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return json.load(reply)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_dev_up_alone_starts_every_part_and_dev_down_stops_every_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without emulators to reuse: its own emulators and relay, each in its own group."""
+    env = _env_with_tests({"JOBFLEET_HOME": str(tmp_path)})
+    for name in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "JOBFLEET_TRIGGER_RELAY"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "jobfleet", "dev"]
+    up = subprocess.run([*command, "up", "--project", "dev-alone"], env=env,
+                        capture_output=True, text=True, timeout=180)
+    state = tmp_path / "dev" / "stack.json"
+    groups: dict[str, int] = json.loads(state.read_text())["groups"] if state.exists() else {}
+    client = None
+    try:
+        assert up.returncode == 0, up.stderr
+        assert set(groups) == {"firestore-emulator", "relay", "pubsub-emulator", "cloud-run",
+                               "function"}
+        exports = dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in up.stdout.splitlines() if line.startswith("export ")
+        )
+        relay = exports["JOBFLEET_TRIGGER_RELAY"]
+        [route] = _get_json(f"{relay}/_bridge/stats")["routes"].values()
+        assert route["project"] == "dev-alone"
+
+        monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", exports["FIRESTORE_EMULATOR_HOST"])
+        client = firestore.Client(project="dev-alone")
+        client.document("jobfleet_orchestrations/o-1/jobs/j-1").set({"status": "Pending"})
+        deadline = time.monotonic() + 30
+        while route["delivered"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            [route] = _get_json(f"{relay}/_bridge/stats")["routes"].values()
+        assert (route["changes"], route["delivered"], route["failed"]) == (1, 1, 0)
+    finally:
+        if client is not None:
+            client.close()  # type: ignore[no-untyped-call]
+        down = subprocess.run([*command, "down"], env=env, capture_output=True, text=True,
+                              timeout=120)
+    assert down.returncode == 0, down.stderr
+    deadline = time.monotonic() + 10
+    while not all(_gone(pid) for pid in groups.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [part for part, pid in groups.items() if not _gone(pid)] == []
+    assert not state.exists()
+
+
+def test_dev_up_refuses_an_emulator_without_the_relay_it_sends_to(
+    emulators: Emulators, tmp_path: Path
+) -> None:
+    env = _env_with_tests({**emulators.environment(), "JOBFLEET_HOME": str(tmp_path)})
+    env.pop("JOBFLEET_TRIGGER_RELAY")
+    up = subprocess.run([sys.executable, "-m", "jobfleet", "dev", "up"], env=env,
+                        capture_output=True, text=True, timeout=60)
+    assert up.returncode != 0
+    assert "no trigger relay answers at JOBFLEET_TRIGGER_RELAY=(unset)" in up.stderr
+    assert not (tmp_path / "dev" / "stack.json").exists()
+

@@ -136,13 +136,14 @@ class TriggerRelay:
         self.location = location
         self._bind = (host, port)
         self._routes: dict[str, Route] = {}
+        self._every_route: list[Route] = []  # removed ones too, for the totals
         self._queue: queue.PriorityQueue[tuple[float, int, Delivery | None]] = (
             queue.PriorityQueue(max_pending)
         )
         self._order = itertools.count()
         self._pending = 0
         self.unrouted = 0  # requests for a trigger that has no route here
-        self.thread_prefix = THREAD_PREFIX  # with the port, once started
+        self.thread_prefix = THREAD_PREFIX  # "jobfleet-relay:PORT/" once started
         self._lock = threading.Condition()
         self._stopping = False
         self._workers: list[threading.Thread] = []
@@ -164,9 +165,9 @@ class TriggerRelay:
     def start(self) -> TriggerRelay:
         self._stopping = False
         self._server = _RelayServer(self._bind, self)
-        self.thread_prefix = f"{THREAD_PREFIX}-{self._server.server_address[1]}"
+        self.thread_prefix = f"{THREAD_PREFIX}:{self._server.server_address[1]}/"
         self._workers = [
-            threading.Thread(target=self._post_loop, name=f"{self.thread_prefix}-post-{n}",
+            threading.Thread(target=self._post_loop, name=f"{self.thread_prefix}post-{n}",
                              daemon=True)
             for n in range(self.concurrency)
         ]
@@ -174,7 +175,7 @@ class TriggerRelay:
             worker.start()
         self._serving = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-            name=f"{self.thread_prefix}-http", daemon=True,
+            name=f"{self.thread_prefix}http", daemon=True,
         )
         self._serving.start()
         return self
@@ -192,11 +193,13 @@ class TriggerRelay:
                       shuffle)
         with self._lock:
             self._routes[route.trigger_id] = route
+            self._every_route.append(route)
         try:
             register_trigger(self.firestore_host, project, route.trigger_id)
         except BaseException:
             with self._lock:
                 del self._routes[route.trigger_id]
+                self._every_route.remove(route)
             raise
         log.info("route %s: project %s -> %s", route.trigger_id, project, function_url)
         return route
@@ -215,16 +218,24 @@ class TriggerRelay:
             idle, route.idle = route.idle, []
         for endpoint in idle:
             endpoint.close()
+        log.info("route %s removed: %d changes, %d delivered, %d failed",
+                 route.trigger_id, route.changes, route.delivered, route.failed)
 
     def route(self, trigger_id: str) -> Route | None:
         with self._lock:
             return self._routes.get(trigger_id)
 
     def stats(self) -> dict[str, Any]:
+        """The current routes' counters, and totals over every route there has been."""
         with self._lock:
             routes = {tid: route.stats() for tid, route in self._routes.items()}
+            totals = {
+                counter: sum(getattr(route, counter) for route in self._every_route)
+                for counter in ("changes", "delivered", "invocations", "failed")
+            }
             unrouted = self.unrouted
-        return {"firestore": self.firestore_host, "unrouted": unrouted, "routes": routes}
+        return {"firestore": self.firestore_host, "unrouted": unrouted, "totals": totals,
+                "routes": routes}
 
     def wait_idle(self, route: Route | None = None, timeout: float = 30.0) -> bool:
         """Wait until every event received so far (for the route, or any) is delivered."""
@@ -373,7 +384,7 @@ class _RelayServer(ThreadingHTTPServer):
         super().process_request(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        threading.current_thread().name = f"{self.relay.thread_prefix}-connection"
+        threading.current_thread().name = f"{self.relay.thread_prefix}connection"
         try:
             super().process_request_thread(request, client_address)
         finally:
@@ -535,12 +546,9 @@ def main(argv: list[str] | None = None) -> int:
              relay.url, args.firestore)
     finished.wait()
     relay.stop()
-    routes = relay.stats()["routes"].values()
-    log.info(
-        "stopped: %d changes, %d delivered, %d failed",
-        sum(r["changes"] for r in routes), sum(r["delivered"] for r in routes),
-        sum(r["failed"] for r in routes),
-    )
+    totals = relay.stats()["totals"]
+    log.info("stopped: %d changes, %d delivered, %d failed",
+             totals["changes"], totals["delivered"], totals["failed"])
     return 0
 
 

@@ -38,7 +38,7 @@ from jobfleet.errors import ConfigurationError
 DEFAULT_PROJECT = "jobfleet-dev"
 READY_TIMEOUT = 90.0
 RELAY = "JOBFLEET_TRIGGER_RELAY"
-FIRST_STOPPED = "function"  # so that nothing it is still doing meets a stopped emulator
+FUNCTION = "function"  # the part stopped first, so that no invocation meets a stopped emulator
 
 
 def _responds(url: str) -> bool:
@@ -114,9 +114,9 @@ class Stack:
         if self.route is not None and relay:
             remove_route(relay, self.route)
             self.route = None
-        first = [pid for part, pid in self.groups.items() if part == FIRST_STOPPED]
+        first = [pid for part, pid in self.groups.items() if part == FUNCTION]
         stop_groups(first)
-        stop_groups([pid for part, pid in self.groups.items() if part != FIRST_STOPPED])
+        stop_groups([pid for part, pid in self.groups.items() if part != FUNCTION])
         self.groups.clear()
         self.state_file.unlink(missing_ok=True)
 
@@ -195,13 +195,13 @@ def _start(stack: Stack, project: str, parallelism: int) -> None:
         *worker_env,
     ], env)
     function_url = f"http://127.0.0.1:{function_port}/"
-    stack.spawn(FIRST_STOPPED, [
+    stack.spawn(FUNCTION, [
         sys.executable, "-m", "functions_framework", "--target", "on_job_written",
         "--source", cloud_function.__file__, "--signature-type", "cloudevent",
         "--host", "127.0.0.1", "--port", str(function_port),
     ], env)
     waits += [("cloud-run", f"{env['JOBFLEET_CLOUD_RUN_ENDPOINT']}/_standin/calls"),
-              (FIRST_STOPPED, function_url)]
+              (FUNCTION, function_url)]
     for part, ready in waits:
         stack.wait_for(part, ready)
     stack.route = str(add_route(env[RELAY], project, function_url)["trigger_id"])
