@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -169,3 +169,13 @@ def gcp_env(emulators: Emulators, monkeypatch: pytest.MonkeyPatch) -> Emulators:
     for name, value in emulators.environment().items():
         monkeypatch.setenv(name, value)
     return emulators
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll a condition the test cannot be told about (a delivery, a redelivery)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

@@ -27,7 +27,7 @@ from google.cloud import firestore
 from google.events.cloud.firestore_v1 import DocumentEventData
 from werkzeug.serving import make_server
 
-from conftest import Emulators
+from conftest import Emulators, eventually
 from jobfleet.dev.bridge import Route, TriggerRelay, add_route, remove_route
 from jobfleet.dev.emulators import firestore_binary, firestore_emulator, free_port, stop_group
 from jobfleet.errors import ConfigurationError
@@ -74,15 +74,6 @@ class Function:
         )
         time.sleep(0.3)  # room for an unexpected extra event to show up
         return self.received
-
-
-def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 @pytest.fixture(autouse=True)
@@ -320,7 +311,7 @@ def test_a_function_error_is_retried_until_the_change_is_delivered(
 
     events = function.wait_for(6)
     assert sorted(Counter(event["id"] for event in events).values()) == [2, 2, 2]
-    assert eventually(lambda: retried.delivered == 3)
+    assert eventually(lambda: retried.delivered == 3, WAIT)
     assert (retried.invocations, retried.failed) == (6, 0)
 
 
@@ -330,7 +321,7 @@ def test_an_unreachable_function_is_retried_then_given_up(
     lost = route(function_url=f"http://127.0.0.1:{free_port()}/")
     db.document("jobfleet_orchestrations/orch-5/jobs/job-0").set({"n": 0})
 
-    assert eventually(lambda: lost.failed == 1)
+    assert eventually(lambda: lost.failed == 1, WAIT)
     assert (lost.changes, lost.delivered, lost.invocations) == (1, 0, 0)
     assert "gave up delivering the change of jobfleet_orchestrations/orch-5/jobs/job-0" in (
         caplog.text

@@ -6,13 +6,13 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from google.cloud.pubsub_v1 import SubscriberClient
 
-from conftest import Emulators
+from conftest import Emulators, eventually
 from jobfleet.backends.gcp.pubsub import (
     EventSubscriber,
     PubSubEventBus,
@@ -39,15 +39,6 @@ def completed(orchestration_id: str, **tags: str) -> JobCompletedEvent:
         created_at=1_700_000_000.5,
         finished_at=1_700_000_042.25,
     )
-
-
-def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 @pytest.fixture(autouse=True)
@@ -136,7 +127,7 @@ def test_a_subscription_keeps_its_filter_on_the_attributes_events_carry(
 
     got: list[JobCompletedEvent] = []
     with EventSubscriber(names["project"], names["sub"], got.append):
-        eventually(lambda: {"d1", "o1"} <= {e.orchestration_id for e in got})
+        eventually(lambda: {"d1", "o1"} <= {e.orchestration_id for e in got}, WAIT)
     assert {e.orchestration_id: e.tags["team"] for e in got} == {"d1": "data", "o1": "ops"}
 
 
@@ -159,7 +150,7 @@ def test_a_duplicated_event_reaches_the_handler_once(
         names["project"], names["sub"], lambda event: handled.append(event.event_id)
     )
     with subscriber:
-        eventually(lambda: subscriber.handled + subscriber.duplicates == 4)
+        eventually(lambda: subscriber.handled + subscriber.duplicates == 4, WAIT)
     assert sorted(handled) == sorted(
         JobCompletedEvent.event_id_for(o) for o in ("orch-dup", "orch-other")
     )
@@ -181,7 +172,7 @@ def test_a_failing_handler_gets_the_event_again_and_it_is_acked_once_handled(
 
     subscriber = EventSubscriber(names["project"], names["sub"], next_stage)
     with subscriber:
-        assert eventually(lambda: subscriber.handled == 1)
+        assert eventually(lambda: subscriber.handled == 1, WAIT)
         time.sleep(0.5)  # room for a wrong redelivery to arrive
     assert calls == ["orch-flaky", "orch-flaky"]  # nacked, redelivered, handled
     assert (subscriber.failures, subscriber.duplicates) == (1, 0)
