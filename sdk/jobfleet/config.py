@@ -78,6 +78,10 @@ class Settings:
     def logs(self) -> Path:
         return self.home / "logs"
 
+    def log_of(self, orchestration_id: str) -> Path:
+        """Where the local supervisor and its workers write an orchestration's output."""
+        return self.logs / f"{orchestration_id}.log"
+
     def environment(self) -> dict[str, str]:
         """The settings as the variables a worker process reads."""
         env = {

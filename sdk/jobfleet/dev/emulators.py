@@ -68,6 +68,14 @@ def _group_alive(leader: int | subprocess.Popen[Any]) -> bool:
     return True
 
 
+def _signal_group(leader: int | subprocess.Popen[Any], signum: int) -> None:
+    pid = leader.pid if isinstance(leader, subprocess.Popen) else leader
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass  # already gone
+
+
 def stop_groups(leaders: Sequence[int | subprocess.Popen[Any]], grace: float = STOP_GRACE) -> None:
     """SIGTERM every process group at once, wait for all of them, SIGKILL what is left.
 
@@ -75,22 +83,14 @@ def stop_groups(leaders: Sequence[int | subprocess.Popen[Any]], grace: float = S
     (which is then also reaped).
     """
     for leader in leaders:
-        pid = leader.pid if isinstance(leader, subprocess.Popen) else leader
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        _signal_group(leader, signal.SIGTERM)
     deadline = time.monotonic() + grace
     alive = [leader for leader in leaders if _group_alive(leader)]
     while alive and time.monotonic() < deadline:
         time.sleep(0.05)
         alive = [leader for leader in alive if _group_alive(leader)]
     for leader in alive:
-        pid = leader.pid if isinstance(leader, subprocess.Popen) else leader
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _signal_group(leader, signal.SIGKILL)
     for leader in leaders:
         if isinstance(leader, subprocess.Popen):
             leader.wait()

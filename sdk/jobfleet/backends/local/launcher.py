@@ -22,7 +22,7 @@ class ProcessLauncher:
 
     def launch(self, orchestration: NewOrchestration, task_count: int, jobs: list[str]) -> str:
         self.settings.logs.mkdir(parents=True, exist_ok=True)
-        log = self.settings.logs / f"{orchestration.id}.log"
+        log = self.settings.log_of(orchestration.id)
         env = {
             **os.environ,
             **self.settings.environment(),

@@ -16,6 +16,7 @@ import time
 from types import FrameType
 
 from jobfleet.backends import open_backend
+from jobfleet.backends.local.launcher import EXECUTION_PREFIX
 from jobfleet.backends.local.tasks import TaskSet
 from jobfleet.config import Settings
 from jobfleet.core.completion import abandon, settle
@@ -31,10 +32,10 @@ class Supervisor:
     def __init__(self, orchestration_id: str, task_count: int, settings: Settings) -> None:
         self.orchestration_id = orchestration_id
         self.backend = open_backend(settings)
-        self.log = settings.logs / f"{orchestration_id}.log"
+        self.log = settings.log_of(orchestration_id)
         self.tasks = TaskSet(
             command=[sys.executable, "-m", "jobfleet", "worker"],
-            env={**os.environ, "CLOUD_RUN_EXECUTION": f"local-pid-{os.getpid()}"},
+            env={**os.environ, "CLOUD_RUN_EXECUTION": f"{EXECUTION_PREFIX}{os.getpid()}"},
             task_count=task_count,
             parallelism=task_count,
             max_retries=MAX_TASK_RETRIES,
