@@ -14,16 +14,17 @@ from jobfleet.config import Settings
 from jobfleet.core import params as param_sets
 from jobfleet.core.completion import abandon, settle
 from jobfleet.core.models import (
-    EVENT_ATTRIBUTES,
     JobCompletedEvent,
+    JobInstance,
     NewOrchestration,
     OrchestrationSnapshot,
     RunOptions,
     Status,
 )
+from jobfleet.core.options import check_options
 from jobfleet.core.registry import get_job, import_jobs, job_sources
 from jobfleet.core.results import Results, partition
-from jobfleet.errors import InvalidOption, LaunchFailed, NoEventHistory, WaitTimeout
+from jobfleet.errors import LaunchFailed, NoEventHistory, WaitTimeout
 
 WATCH_SLICE_SECONDS = 1.0
 EVENT_HISTORY = 200  # orchestrations looked at when the event bus keeps no history
@@ -90,6 +91,18 @@ class Orchestration:
         self.wait(timeout)
         return partition(self.fleet.backend.store.outcomes(self.id))
 
+    def instances(
+        self, *, status: Status | None = None, after_index: int = -1, limit: int = 100
+    ) -> list[JobInstance]:
+        """A page of instances by index, as they stand now."""
+        return self.fleet.backend.store.list_instances(
+            self.id, status=status, after_index=after_index, limit=limit
+        )
+
+    def results_so_far(self) -> Results:
+        """The instances that have finished, without waiting for the rest."""
+        return partition(self.fleet.backend.store.outcomes(self.id))
+
     def cancel(self) -> OrchestrationSnapshot:
         """Stop unfinished instances (they end Cancelled) and announce the end."""
         backend = self.fleet.backend
@@ -151,7 +164,7 @@ class JobFleet:
             timeout=definition.timeout if timeout is None else timeout,
             parallelism=self.backend.default_parallelism if parallelism is None else parallelism,
         )
-        _check_options(options, tags or {})
+        check_options(options, tags or {})
         new = NewOrchestration(
             id=str(uuid.uuid4()),
             job_name=job_name,
@@ -184,9 +197,18 @@ class JobFleet:
         return Orchestration(self, orchestration_id)
 
     def history(
-        self, *, limit: int = 50, job_name: str | None = None, status: Status | None = None
+        self,
+        *,
+        limit: int = 50,
+        job_name: str | None = None,
+        status: Status | None = None,
+        tag: tuple[str, str] | None = None,
+        before: str | None = None,
     ) -> list[OrchestrationSnapshot]:
-        return self.backend.store.list_orchestrations(limit=limit, job_name=job_name, status=status)
+        """Newest first; `before` is the last id of the previous page."""
+        return self.backend.store.list_orchestrations(
+            limit=limit, job_name=job_name, status=status, tag=tag, before=before
+        )
 
     def events(self, *, after: int = 0) -> Iterator[tuple[int, JobCompletedEvent]]:
         """Events published so far, oldest first. Pub/Sub keeps no history, so on Google
@@ -204,18 +226,3 @@ class JobFleet:
         """Every event after `after`, then each new one as it is published; never ends."""
         return self.backend.bus.follow(after=after)
 
-
-def _check_options(options: RunOptions, tags: dict[str, str]) -> None:
-    if not isinstance(options.parallelism, int) or options.parallelism < 1:
-        raise InvalidOption(f"parallelism must be a whole number >= 1, got {options.parallelism!r}")
-    if not isinstance(options.retries, int) or options.retries < 0:
-        raise InvalidOption(f"retries must be a whole number >= 0, got {options.retries!r}")
-    if options.timeout is not None and not options.timeout > 0:
-        raise InvalidOption(f"timeout must be > 0 seconds, got {options.timeout!r}")
-    for key, value in tags.items():
-        if not isinstance(key, str) or not key or key.startswith("goog"):
-            raise InvalidOption(f"tag key {key!r} must be a non-empty string not starting 'goog'")
-        if key in EVENT_ATTRIBUTES:
-            raise InvalidOption(f"tag key {key!r} is reserved for the completion event")
-        if not isinstance(value, str):
-            raise InvalidOption(f"tag {key!r} must have a string value, got {value!r}")

@@ -6,6 +6,7 @@ further connections to the same state where a test needs a second process's view
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import uuid
@@ -18,6 +19,7 @@ from jobfleet.core.models import (
     ClaimedInstance,
     ErrorInfo,
     Failure,
+    JobInstance,
     NewInstance,
     NewOrchestration,
     Outcome,
@@ -82,6 +84,41 @@ def indexes(claims: Sequence[ClaimedInstance]) -> list[int]:
 
 def by_index(store: Store, oid: str) -> dict[int, Success | Failure]:
     return {o.index: o for o in store.outcomes(oid)}
+
+
+def pages_of(store: Store, size: int, **filters: Any) -> list[list[str]]:
+    """Orchestration ids page by page, each page asked for `before` the last one's end."""
+    pages: list[list[str]] = []
+    before: str | None = None
+    for _ in range(100):  # a store that never runs dry fails the test, not the run
+        page = [s.id for s in store.list_orchestrations(limit=size, before=before, **filters)]
+        if not page:
+            return pages
+        pages.append(page)
+        before = page[-1]
+    raise AssertionError(f"still paging after 100 pages: {pages[-3:]}")
+
+
+def assert_change_order(changes: Sequence[JobInstance]) -> None:
+    keys = [(i.changed, i.index) for i in changes]
+    assert keys == sorted(keys)
+    assert len({i.index for i in changes}) == len(changes)  # each instance once
+
+
+def changes_since(
+    store: Store, oid: str, cursor: float, *, expected: set[int], touched: set[int]
+) -> dict[int, JobInstance]:
+    """What a poller that last saw `cursor` reads next, by index. It must hold every
+    instance written since (`expected`); where `changed` is a writer's clock it may also
+    hold some written just before (within `touched`), never an instance nobody wrote."""
+    changes = store.instance_changes(oid, after=cursor - store.change_margin)
+    assert_change_order(changes)
+    got = {i.index for i in changes}
+    if store.change_margin == 0:
+        assert got == expected
+    else:
+        assert expected <= got <= touched
+    return {i.index: i for i in changes}
 
 
 class TestStoreContract:
@@ -487,6 +524,88 @@ class TestStoreContract:
         assert ids(status=Status.IN_PROGRESS, job_name="thumbnail") == [old]
         assert ids(job_name="nothing-by-this-name") == []
 
+    def test_paging_with_before_yields_every_orchestration_once_newest_first(
+        self, store: Store
+    ) -> None:
+        made = [create(store, n=1, created_at=T0 + i) for i in range(5)]
+
+        pages = pages_of(store, 2)
+
+        assert [len(p) for p in pages] == [2, 2, 1]
+        assert [oid for page in pages for oid in page] == made[::-1]
+
+    def test_orchestrations_created_at_the_same_instant_are_each_paged_once(
+        self, store: Store
+    ) -> None:
+        made = {create(store, n=1, created_at=T0 + (i >= 2)) for i in range(6)}  # 2 at T0
+
+        paged = [oid for page in pages_of(store, 2) for oid in page]
+
+        assert sorted(paged) == sorted(made)  # no orchestration skipped or repeated
+        assert paged == [s.id for s in store.list_orchestrations()]
+        created = [store.get_orchestration(oid).created_at for oid in paged]
+        assert created == [T0 + 1] * 4 + [T0] * 2
+
+    def test_paging_keeps_the_filters(self, store: Store) -> None:
+        nightly = ("run", "nightly")
+        made = [
+            create(
+                store, n=1, created_at=T0 + i,
+                job_name="thumbnail" if i % 2 else "report",
+                tags={"run": "nightly" if i % 3 else "adhoc"},
+            )
+            for i in range(12)
+        ]
+        wanted = [
+            made[i] for i in reversed(range(12)) if i % 2 and i % 3
+        ]  # thumbnail and nightly: 11, 7, 5, 1
+
+        assert pages_of(store, 3, job_name="thumbnail", tag=nightly) == [wanted[:3], wanted[3:]]
+
+        store.cancel(made[7], now=T0 + 50)
+        running = [made[i] for i in reversed(range(12)) if i % 2 and i != 7]
+        by_status = pages_of(store, 1, job_name="thumbnail", status=Status.IN_PROGRESS)
+        assert by_status == [[oid] for oid in running]
+
+    def test_paging_from_an_unknown_orchestration_is_refused(self, store: Store) -> None:
+        create(store, n=1)
+
+        with pytest.raises(UnknownOrchestration, match="'no-such-id'"):
+            store.list_orchestrations(before="no-such-id")
+        with pytest.raises(UnknownOrchestration):
+            store.list_orchestrations(before="no-such-id", job_name="thumbnail", limit=5)
+
+    def test_the_tag_filter_matches_key_and_value_exactly(self, store: Store) -> None:
+        media = create(store, n=1, created_at=T0 + 1, tags={"team": "media", "run": "nightly"})
+        create(store, n=1, created_at=T0 + 2, tags={"team": "media-ops"})
+        create(store, n=1, created_at=T0 + 3, tags={"team": "Media"})
+        create(store, n=1, created_at=T0 + 4, tags={"owner": "media"})
+        odd = create(store, n=1, created_at=T0 + 5, tags={"team/owner": "a=b c", "é": "ü ✓"})
+        create(store, n=1, created_at=T0 + 6)
+
+        def ids(key: str, value: str) -> list[str]:
+            return [s.id for s in store.list_orchestrations(tag=(key, value))]
+
+        assert ids("team", "media") == [media]
+        assert ids("run", "nightly") == [media]
+        assert ids("team/owner", "a=b c") == [odd]
+        assert ids("é", "ü ✓") == [odd]
+        assert [s.tags for s in store.list_orchestrations(tag=("team/owner", "a=b c"))] == [
+            {"team/owner": "a=b c", "é": "ü ✓"}
+        ]
+        assert ids("team/owner", "a=b") == []
+        assert ids("team", "med") == []
+        assert ids("media", "team") == []
+        assert ids("nothing", "here") == []
+
+    def test_the_tag_filter_knows_where_a_key_ends(self, store: Store) -> None:
+        # The SDK accepts "=" in tag keys and values, so neither may leak into the other.
+        split_late = create(store, n=1, created_at=T0 + 1, tags={"a=b": "c"})
+        split_early = create(store, n=1, created_at=T0 + 2, tags={"a": "b=c"})
+
+        assert [s.id for s in store.list_orchestrations(tag=("a", "b=c"))] == [split_early]
+        assert [s.id for s in store.list_orchestrations(tag=("a=b", "c"))] == [split_late]
+
     def test_history_survives_closing_and_reopening(
         self, store: Store, store_factory: StoreFactory
     ) -> None:
@@ -506,6 +625,178 @@ class TestStoreContract:
         assert reopened.get_orchestration(oid) == before
         assert list(reopened.outcomes(oid)) == results_before
         assert [s.id for s in reopened.list_orchestrations()] == [oid]
+
+    # -- instances ---------------------------------------------------------------------------
+
+    def test_list_instances_is_by_index_and_pages_with_after_index(self, store: Store) -> None:
+        new = orchestration()
+        made = instances(12)
+        shuffled = random.Random(7).sample(made, len(made))
+        store.create_orchestration(new, [shuffled[:5], shuffled[5:]])
+
+        def page(**kwargs: Any) -> list[int]:
+            return [i.index for i in store.list_instances(new.id, **kwargs)]
+
+        assert page() == list(range(12))  # numeric order: 10 and 11 come after 9
+        assert page(limit=5) == [0, 1, 2, 3, 4]
+        assert page(after_index=4, limit=5) == [5, 6, 7, 8, 9]
+        assert page(after_index=9, limit=5) == [10, 11]
+        assert page(after_index=11, limit=5) == []
+        listed = store.list_instances(new.id)
+        assert [(i.job_id, i.params) for i in listed] == [(m.job_id, m.params) for m in made]
+        assert all(
+            (i.status, i.attempts, i.result, i.error, i.started_at, i.finished_at)
+            == (Status.PENDING, 0, None, None, None, None)
+            for i in listed
+        )
+
+    def test_list_instances_filters_by_status(self, store: Store) -> None:
+        oid = create(store, n=6)
+        c0, c1, _ = sorted(
+            store.claim(oid, 0, "task-0", limit=3, now=T0, lease=LEASE), key=lambda c: c.index
+        )
+        store.record_outcomes(oid, [done(c0, "ok"), errored(c1, LOST)])
+
+        def page(status: Status, **kwargs: Any) -> list[int]:
+            listed = store.list_instances(oid, status=status, **kwargs)
+            assert all(i.status is status for i in listed)
+            return [i.index for i in listed]
+
+        assert page(Status.COMPLETED) == [0]
+        assert page(Status.ERRORED) == [1]
+        assert page(Status.IN_PROGRESS) == [2]
+        assert page(Status.PENDING) == [3, 4, 5]
+        assert page(Status.CANCELLED) == []
+        assert page(Status.PENDING, after_index=3, limit=1) == [4]
+        assert page(Status.PENDING, after_index=4) == [5]
+
+    def test_list_instances_carry_params_results_errors_and_attempts(self, store: Store) -> None:
+        oid = create(store, n=5)
+        c0, c1, c2, c3 = sorted(
+            store.claim(oid, 0, "task-0", limit=4, now=T0, lease=LEASE), key=lambda c: c.index
+        )
+        boom = ErrorInfo("ValueError", "width must be positive", "Traceback ...\nValueError")
+        before_outcomes = time.time()
+        store.record_outcomes(
+            oid,
+            [
+                done(c0, {"thumb": "t0.png", "sizes": [1, 2.5, None]}),
+                errored(c1, boom),
+                retry(c2, T0 + 5),
+            ],
+        )
+        store.claim(oid, 0, "task-0", limit=1, now=T0 + 5, lease=LEASE, job_id=c2.job_id)
+
+        i0, i1, i2, i3, i4 = store.list_instances(oid)
+
+        assert (i0.job_id, i0.status, i0.attempts) == (c0.job_id, Status.COMPLETED, 1)
+        assert i0.params == {"n": 0, "tag": "p0"}
+        assert i0.result == {"thumb": "t0.png", "sizes": [1, 2.5, None]}
+        assert i0.error is None
+        assert i0.started_at == T0
+        assert i0.finished_at is not None and i0.finished_at >= before_outcomes
+        assert (i1.job_id, i1.status, i1.attempts, i1.result) == (
+            c1.job_id, Status.ERRORED, 1, None,
+        )
+        assert i1.error == boom
+        assert i1.finished_at is not None
+        assert (i2.job_id, i2.status, i2.attempts) == (c2.job_id, Status.IN_PROGRESS, 2)
+        assert (i2.started_at, i2.finished_at) == (T0 + 5, None)
+        assert (i3.job_id, i3.status, i3.attempts, i3.result) == (
+            c3.job_id, Status.IN_PROGRESS, 1, None,
+        )
+        assert (i4.status, i4.attempts, i4.params) == (Status.PENDING, 0, {"n": 4, "tag": "p4"})
+
+    def test_list_instances_of_an_unknown_orchestration_is_refused(self, store: Store) -> None:
+        create(store, n=1)
+
+        with pytest.raises(UnknownOrchestration, match="'no-such-id'"):
+            store.list_instances("no-such-id")
+        with pytest.raises(UnknownOrchestration):
+            store.list_instances("no-such-id", status=Status.PENDING, after_index=3)
+
+    # -- instance changes (what a dashboard polls) ---------------------------------------------
+    # Claims, give-ups and cancels are stamped with real clock times here: Firestore stamps
+    # outcomes with its own clock, so only real times keep the writes in their true order.
+
+    def test_instance_changes_are_empty_until_an_instance_is_written(self, store: Store) -> None:
+        oid = create(store, n=4)
+
+        assert store.instance_changes(oid, after=0) == []
+
+        store.claim(oid, 0, "task-0", limit=2, now=time.time(), lease=LEASE)
+        seen = store.instance_changes(oid, after=0)
+
+        assert [(i.index, i.status, i.attempts) for i in seen] == [
+            (0, Status.IN_PROGRESS, 1), (1, Status.IN_PROGRESS, 1),
+        ]
+        assert all(i.changed > 0 for i in seen)
+        assert_change_order(seen)
+
+    def test_instance_changes_from_a_cursor_include_each_later_write(self, store: Store) -> None:
+        oid = create(store, n=4)
+        c0, c1 = sorted(
+            store.claim(oid, 0, "task-0", limit=2, now=time.time(), lease=LEASE),
+            key=lambda c: c.index,
+        )
+        cursor = max(i.changed for i in store.instance_changes(oid, after=0))
+
+        store.record_outcomes(oid, [done(c0, "t0.png")])
+        seen = changes_since(store, oid, cursor, expected={0}, touched={0, 1})
+
+        assert (seen[0].status, seen[0].result, seen[0].attempts) == (
+            Status.COMPLETED, "t0.png", 1,
+        )
+        assert seen[0].changed > cursor
+        cursor = max(i.changed for i in seen.values())
+
+        store.record_outcomes(oid, [retry(c1, not_before=time.time())])  # back to Pending
+        seen = changes_since(store, oid, cursor, expected={1}, touched={0, 1})
+
+        assert (seen[1].status, seen[1].attempts) == (Status.PENDING, 1)
+        assert seen[1].changed > cursor
+        cursor = max(i.changed for i in seen.values())
+
+        store.claim(oid, 0, "task-0", limit=1, now=time.time(), lease=LEASE, job_id=c1.job_id)
+        seen = changes_since(store, oid, cursor, expected={1}, touched={0, 1})
+
+        assert (seen[1].status, seen[1].attempts) == (Status.IN_PROGRESS, 2)
+        cursor = max(i.changed for i in seen.values())
+
+        changes_since(store, oid, cursor, expected=set(), touched={0, 1})  # nothing new
+
+    def test_cancel_stamps_the_instances_it_ends(self, store: Store) -> None:
+        oid = create(store, n=4)
+        [c0] = store.claim(oid, 0, "task-0", limit=1, now=time.time(), lease=LEASE)
+        store.claim(oid, 0, "task-0", limit=1, now=time.time(), lease=LEASE)
+        store.record_outcomes(oid, [done(c0, "kept")])
+        cursor = max(i.changed for i in store.instance_changes(oid, after=0))
+
+        cancelled_at = time.time()
+        store.cancel(oid, now=cancelled_at)
+        seen = changes_since(store, oid, cursor, expected={1, 2, 3}, touched={0, 1, 2, 3})
+
+        for index in (1, 2, 3):
+            assert seen[index].status is Status.CANCELLED
+            assert seen[index].finished_at == cancelled_at
+            assert seen[index].changed > cursor
+        if 0 in seen:
+            assert (seen[0].status, seen[0].result) == (Status.COMPLETED, "kept")
+
+    def test_give_up_stamps_the_instances_it_errors(self, store: Store) -> None:
+        oid = create(store, n=6, shards=2)  # shard 0: 0, 2, 4
+        store.claim(oid, 0, "task-0", limit=2, now=time.time(), lease=LEASE)
+        store.claim(oid, 1, "task-1", limit=1, now=time.time(), lease=LEASE)
+        cursor = max(i.changed for i in store.instance_changes(oid, after=0))
+
+        store.give_up(oid, 0, LOST, now=time.time())
+        seen = changes_since(store, oid, cursor, expected={0, 2, 4}, touched={0, 1, 2, 4})
+
+        for index in (0, 2, 4):
+            assert (seen[index].status, seen[index].error) == (Status.ERRORED, LOST)
+            assert seen[index].changed > cursor
+        if 1 in seen:
+            assert seen[1].status is Status.IN_PROGRESS
 
     # -- watching for changes -------------------------------------------------------------------
 

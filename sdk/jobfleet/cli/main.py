@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -68,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--json", action="store_true", help="one event object a line")
 
     sub.add_parser("worker", help="run one task's share (the container entrypoint)")
+
+    serve = sub.add_parser("serve", help="the HTTP API and the dashboard")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on; anything but loopback needs a token")
+    serve.add_argument("--port", type=int, help="default: PORT, else 8080")
 
     dev = sub.add_parser("dev", help="the local Google Cloud stack (emulators and all)")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="up|down")
@@ -186,6 +192,19 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from jobfleet.api.serve import serve
+
+    if args.home:
+        os.environ["JOBFLEET_HOME"] = args.home
+    try:
+        serve(args.host, args.port)
+    except JobfleetError as exc:
+        print(f"jobfleet: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 def dispatch(fleet: JobFleet, args: argparse.Namespace) -> int:
     command: str = args.command
     if command == "run":
@@ -226,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return worker_main()
     if args.command == "dev":
         return cmd_dev(args)
+    if args.command == "serve":
+        return cmd_serve(args)
     jobs: list[Any] = getattr(args, "jobs_module", [])
     try:
         with JobFleet(home=args.home, jobs_modules=_jobs_modules(jobs)) as fleet:

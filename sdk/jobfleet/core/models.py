@@ -158,6 +158,39 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class JobInstance:
+    """One instance as the API and the dashboard show it.
+
+    `changed` orders an orchestration's instances by their latest write: a commit
+    sequence in SQLite, the writer's clock in Firestore (see `Store.change_margin`).
+    """
+
+    job_id: str
+    index: int
+    status: Status
+    attempts: int
+    params: JsonObject
+    result: Any = None
+    error: ErrorInfo | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    changed: float = 0.0
+
+    def to_json(self) -> JsonObject:
+        return {
+            "job_id": self.job_id,
+            "index": self.index,
+            "status": str(self.status),
+            "attempts": self.attempts,
+            "params": self.params,
+            "result": self.result,
+            "error": None if self.error is None else self.error.to_json(),
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Success:
     job_id: str
     index: int

@@ -76,3 +76,17 @@ def instance_batches(
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def params_schema(definition: JobDefinition) -> JsonObject:
+    """The JSON schema of a job's parameter sets, from its params annotation."""
+    tp = definition.params_type
+    if tp is None or tp is Any:
+        return {"type": "object"}
+    from pydantic import TypeAdapter
+
+    try:
+        schema: JsonObject = TypeAdapter(tp).json_schema()
+    except Exception:  # an annotation pydantic cannot describe
+        return {"type": "object"}
+    return schema

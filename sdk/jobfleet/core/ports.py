@@ -16,6 +16,7 @@ from jobfleet.core.models import (
     ErrorInfo,
     Failure,
     JobCompletedEvent,
+    JobInstance,
     NewInstance,
     NewOrchestration,
     OrchestrationSnapshot,
@@ -39,9 +40,37 @@ class Store(Protocol):
         """Raises UnknownOrchestration."""
 
     def list_orchestrations(
-        self, *, limit: int = 50, job_name: str | None = None, status: Status | None = None
+        self,
+        *,
+        limit: int = 50,
+        job_name: str | None = None,
+        status: Status | None = None,
+        tag: tuple[str, str] | None = None,
+        before: str | None = None,
     ) -> list[OrchestrationSnapshot]:
-        """Newest first."""
+        """Newest first; `tag` is a (key, value) the orchestration carries; `before` is
+        the id of the last orchestration of the previous page (UnknownOrchestration if
+        there is none of that id)."""
+
+    def list_instances(
+        self,
+        orchestration_id: str,
+        *,
+        status: Status | None = None,
+        after_index: int = -1,
+        limit: int = 100,
+    ) -> list[JobInstance]:
+        """Instances by index, from `after_index + 1`; raises UnknownOrchestration."""
+
+    change_margin: float
+    """How far back `instance_changes` callers must look again to miss no change: 0 where
+    `changed` is a commit sequence, a few seconds where it is a writer's clock."""
+
+    def instance_changes(self, orchestration_id: str, *, after: float) -> list[JobInstance]:
+        """Instances whose latest write is stamped `changed > after`, in that order."""
+
+    def change_cursor(self, orchestration_id: str) -> float:
+        """A `changed` stamp at least as late as every instance write so far."""
 
     def set_execution(self, orchestration_id: str, execution: str) -> None:
         """Record where the orchestration runs (a Cloud Run execution, a local process)."""

@@ -29,6 +29,7 @@ from jobfleet.core.models import (
     Counts,
     ErrorInfo,
     Failure,
+    JobInstance,
     JsonObject,
     NewInstance,
     NewOrchestration,
@@ -144,11 +145,18 @@ def new_orchestration(o: NewOrchestration, *, total: int) -> JsonObject:
         "backoff": o.options.backoff,
         "timeout": o.options.timeout,
         "tags": dict(o.tags),
+        "tag_pairs": [tag_pair(k, v) for k, v in o.tags.items()],
         "created_at": o.created_at,
         "finished_at": None,
         "execution": None,
         "event_published": False,
     }
+
+
+def tag_pair(key: str, value: str) -> str:
+    """Tags are also kept as "key=value" strings, so that one composite index
+    (array-contains, then created_at) serves a filter on any tag."""
+    return f"{key}={value}"
 
 
 def new_shard(total: int) -> JsonObject:
@@ -171,6 +179,7 @@ def new_job(o: NewOrchestration, instance: NewInstance) -> JsonObject:
         "finished_at": None,
         "result": None,
         "error": None,
+        "changed": 0.0,
         "orchestration_id": o.id,
         "job_name": o.job_name,
     }
@@ -210,6 +219,22 @@ def orchestration_snapshot(doc: Snapshot, sums: dict[str, int]) -> Orchestration
 def claimed_instance(doc: Snapshot, owner: str, attempts: int) -> ClaimedInstance:
     return ClaimedInstance(
         doc.id, int(doc.get("index")), json.loads(doc.get("params")), attempts, owner
+    )
+
+
+def job_instance(doc: Snapshot) -> JobInstance:
+    data = doc.to_dict() or {}
+    return JobInstance(
+        job_id=doc.id,
+        index=int(data["index"]),
+        status=Status(data["status"]),
+        attempts=int(data["attempts"]),
+        params=json.loads(data["params"]),
+        result=None if data["result"] is None else json.loads(data["result"]),
+        error=None if data["error"] is None else ErrorInfo.from_json(data["error"]),
+        started_at=data["started_at"],
+        finished_at=data["finished_at"],
+        changed=float(data.get("changed") or 0.0),
     )
 
 

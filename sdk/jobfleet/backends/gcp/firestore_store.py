@@ -41,17 +41,20 @@ from jobfleet.backends.gcp.firestore_documents import (
     ShardCounters,
     Snapshot,
     claimed_instance,
+    job_instance,
     lease_id,
     new_job,
     new_orchestration,
     new_shard,
     orchestration_snapshot,
     outcome,
+    tag_pair,
 )
 from jobfleet.core.models import (
     ClaimedInstance,
     ErrorInfo,
     Failure,
+    JobInstance,
     JsonObject,
     NewInstance,
     NewOrchestration,
@@ -66,6 +69,8 @@ CHUNK = 400  # instances changed per transaction, leaving room for the shard cou
 PAGE = 2000  # instances read per query page
 CONFLICT_ATTEMPTS = 50
 LEASE_RECORD = timedelta(days=7)  # then a TTL policy deletes the lease document
+# Instances are stamped `changed` by their writers' clocks, which may be this far apart.
+CLOCK_MARGIN = 2.0
 # The order in which SQLite applies one call's outcomes (it matters for duplicates).
 OUTCOME_ORDER = {Status.COMPLETED: 0, Status.ERRORED: 1, Status.PENDING: 2}
 
@@ -182,13 +187,26 @@ class FirestoreStore:
         return orchestration_snapshot(doc, self._shard_sums(doc.reference))
 
     def list_orchestrations(
-        self, *, limit: int = 50, job_name: str | None = None, status: Status | None = None
+        self,
+        *,
+        limit: int = 50,
+        job_name: str | None = None,
+        status: Status | None = None,
+        tag: tuple[str, str] | None = None,
+        before: str | None = None,
     ) -> list[OrchestrationSnapshot]:
         query = self._orchestrations.order_by("created_at", direction=firestore.Query.DESCENDING)
         if job_name is not None:
             query = query.where(filter=_where("job_name", "==", job_name))
         if status is not None:
             query = query.where(filter=_where("status", "==", status.value))
+        if tag is not None:
+            query = query.where(filter=_where("tag_pairs", "array_contains", tag_pair(*tag)))
+        if before is not None:
+            last = self._ref(before).get()
+            if not last.exists:
+                raise UnknownOrchestration(before)
+            query = query.start_after(last)
         docs = list(query.limit(limit).stream()) if limit > 0 else []
         with ThreadPoolExecutor(8, thread_name_prefix="jobfleet-list") as pool:
             return list(pool.map(self._snapshot, docs))
@@ -228,7 +246,7 @@ class FirestoreStore:
                 writes.update(
                     doc.reference,
                     {"status": IN_PROGRESS, "attempts": attempts, "owner": owner,
-                     "lease_until": now + lease, "started_at": now},
+                     "lease_until": now + lease, "started_at": now, "changed": now},
                     option=self._client.write_option(last_update_time=doc.update_time),
                 )
                 counters.move(int(doc.get("shard")), PENDING, IN_PROGRESS)
@@ -357,6 +375,7 @@ class FirestoreStore:
                 "error": None if o.error is None else o.error.to_json(),
                 "not_before": o.not_before,
                 "finished_at": None if o.status is Status.PENDING else now,
+                "changed": now,
                 **RELEASED,
             })
             counters.move(int(doc.get("shard")), IN_PROGRESS, o.status.value)
@@ -369,7 +388,7 @@ class FirestoreStore:
     ) -> int:
         ref = self._ref(orchestration_id)
         ended = {"status": Status.ERRORED.value, "error": error.to_json(), "finished_at": now,
-                 **RELEASED}
+                 "changed": now, **RELEASED}
         unfinished = self._unfinished_refs(ref, shard)
         failed = sum(
             self._transact(partial(_end_instances, ref, chunk, ended))
@@ -435,7 +454,8 @@ class FirestoreStore:
             raise UnknownOrchestration(ref.id)
         if doc.get("status") != IN_PROGRESS:
             return False
-        ended = {"status": Status.CANCELLED.value, "finished_at": now, **RELEASED}
+        ended = {"status": Status.CANCELLED.value, "finished_at": now, "changed": now,
+                 **RELEASED}
         _end_instances(ref, chunk, ended, transaction)
         if flip:
             transaction.update(ref, {"status": Status.CANCELLED.value, "finished_at": now})
@@ -483,7 +503,38 @@ class FirestoreStore:
             yield from (outcome(doc) for doc in page)
             page = list(query.start_after(page[-1]).stream()) if len(page) == PAGE else []
 
+    # -- instances and their changes -----------------------------------------------------
+
+    def list_instances(
+        self,
+        orchestration_id: str,
+        *,
+        status: Status | None = None,
+        after_index: int = -1,
+        limit: int = 100,
+    ) -> list[JobInstance]:
+        ref = self._ref(orchestration_id)
+        if not ref.get().exists:
+            raise UnknownOrchestration(orchestration_id)
+        query = ref.collection(JOBS).where(filter=_where("index", ">", after_index))
+        if status is not None:
+            query = query.where(filter=_where("status", "==", status.value))
+        docs = query.order_by("index").limit(limit).stream() if limit > 0 else iter(())
+        return [job_instance(doc) for doc in docs]
+
+    def instance_changes(self, orchestration_id: str, *, after: float) -> list[JobInstance]:
+        query = self._ref(orchestration_id).collection(JOBS).where(
+            filter=_where("changed", ">", after)
+        )
+        changed = [job_instance(doc) for doc in query.order_by("changed").stream()]
+        return sorted(changed, key=lambda i: (i.changed, i.index))
+
+    def change_cursor(self, orchestration_id: str) -> float:
+        return time.time()  # writers' clocks: `change_margin` covers their skew
+
     # -- changes --------------------------------------------------------------------------
+
+    change_margin = CLOCK_MARGIN
 
     def change_token(self, orchestration_id: str) -> int:
         return self._changes.token(orchestration_id)

@@ -21,6 +21,7 @@ from jobfleet.core.models import (
     Counts,
     ErrorInfo,
     Failure,
+    JobInstance,
     NewInstance,
     NewOrchestration,
     OrchestrationSnapshot,
@@ -48,7 +49,8 @@ CREATE TABLE IF NOT EXISTS orchestrations (
     created_at REAL NOT NULL,
     finished_at REAL,
     execution TEXT,
-    event_published INTEGER NOT NULL DEFAULT 0
+    event_published INTEGER NOT NULL DEFAULT 0,
+    version INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS orchestrations_by_time ON orchestrations (created_at);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -66,10 +68,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     result TEXT,
     error TEXT,
+    changed INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (orchestration_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_by_shard ON jobs (orchestration_id, shard, status, not_before);
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner) WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_by_change ON jobs (orchestration_id, changed);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL UNIQUE,
@@ -78,11 +82,29 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 
+# Columns added after the first release: a home made by an older jobfleet gains them.
+_ADDED_COLUMNS = {
+    "orchestrations": ("version", "INTEGER NOT NULL DEFAULT 0"),
+    "jobs": ("changed", "INTEGER NOT NULL DEFAULT 0"),
+}
+_ORCHESTRATION_COLUMNS = (
+    "id, job_name, status, total, parallelism, retries, backoff, timeout, tags, succeeded,"
+    " failed, cancelled, created_at, finished_at, execution, event_published"
+)
+_INSTANCE_COLUMNS = (
+    "job_id, idx, status, attempts, params, result, error, started_at, finished_at, changed"
+)
+# The next change stamp of an orchestration's instances, bumped once per statement (its
+# first parameter is the orchestration id). Writes are serialized (BEGIN IMMEDIATE), so
+# stamps follow commit order and `instance_changes` readers need no margin.
+_STAMP = "(SELECT version FROM orchestrations WHERE id = ?)"
 _DONE_COLUMN = {Status.COMPLETED: "succeeded", Status.ERRORED: "failed"}
 
 
 class SqliteStore:
     """Safe to share between threads: each thread gets connections of its own."""
+
+    change_margin = 0.0  # `changed` is a per-orchestration commit sequence
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -91,10 +113,14 @@ class SqliteStore:
         self._opened: list[sqlite3.Connection] = []
         self._opened_lock = threading.Lock()
         self._use_wal()
-        with self._write():
+        with self._write() as db:
+            for table, (column, kind) in _ADDED_COLUMNS.items():
+                have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+                if have and column not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             for statement in SCHEMA.split(";"):
                 if statement.strip():
-                    self._db.execute(statement)
+                    db.execute(statement)
 
     # -- plumbing -------------------------------------------------------------
 
@@ -183,26 +209,41 @@ class SqliteStore:
 
     def get_orchestration(self, orchestration_id: str) -> OrchestrationSnapshot:
         row = self._db.execute(
-            "SELECT * FROM orchestrations WHERE id = ?", (orchestration_id,)
+            f"SELECT {_ORCHESTRATION_COLUMNS} FROM orchestrations WHERE id = ?",
+            (orchestration_id,),
         ).fetchone()
         if row is None:
             raise UnknownOrchestration(orchestration_id)
         return self._snapshot(row)
 
     def list_orchestrations(
-        self, *, limit: int = 50, job_name: str | None = None, status: Status | None = None
+        self,
+        *,
+        limit: int = 50,
+        job_name: str | None = None,
+        status: Status | None = None,
+        tag: tuple[str, str] | None = None,
+        before: str | None = None,
     ) -> list[OrchestrationSnapshot]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if job_name is not None:
             where.append("job_name = ?")
             args.append(job_name)
         if status is not None:
             where.append("status = ?")
             args.append(status.value)
-        sql = "SELECT * FROM orchestrations"
+        if tag is not None:
+            where.append("EXISTS (SELECT 1 FROM json_each(tags) WHERE key = ? AND value = ?)")
+            args.extend(tag)
+        if before is not None:
+            last = self.get_orchestration(before)
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            args.extend([last.created_at, last.created_at, last.id])
+        sql = f"SELECT {_ORCHESTRATION_COLUMNS} FROM orchestrations"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC LIMIT ?"
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
         rows = self._db.execute(sql, [*args, limit]).fetchall()
         return [self._snapshot(r) for r in rows]
 
@@ -249,14 +290,16 @@ class SqliteStore:
     ) -> list[ClaimedInstance]:
         which, key = ("shard = ?", shard) if job_id is None else ("job_id = ?", job_id)
         with self._write() as db:
+            _next_stamp(db, orchestration_id)
             rows = db.execute(
                 "UPDATE jobs SET status = 'InProgress', attempts = attempts + 1, owner = ?,"
-                " lease_until = ?, started_at = ?"
+                f" lease_until = ?, started_at = ?, changed = {_STAMP}"
                 " WHERE orchestration_id = ? AND idx IN ("
                 f"   SELECT idx FROM jobs WHERE orchestration_id = ? AND {which}"
                 "   AND status = 'Pending' AND not_before <= ? ORDER BY not_before, idx LIMIT ?)"
                 " RETURNING job_id, idx, params, attempts",
-                (owner, now + lease, now, orchestration_id, orchestration_id, key, now, limit),
+                (owner, now + lease, now, orchestration_id, orchestration_id, orchestration_id,
+                 key, now, limit),
             ).fetchall()
         rows.sort(key=lambda r: r[1])
         return [ClaimedInstance(r[0], r[1], json.loads(r[2]), r[3], owner) for r in rows]
@@ -287,6 +330,7 @@ class SqliteStore:
         now = time.time()
         applied = 0
         with self._write() as db:
+            _next_stamp(db, orchestration_id)
             for status in (Status.COMPLETED, Status.ERRORED, Status.PENDING):
                 rows = [
                     (
@@ -295,7 +339,7 @@ class SqliteStore:
                         None if o.error is None else json.dumps(o.error.to_json()),
                         o.not_before,
                         None if status is Status.PENDING else now,
-                        orchestration_id, o.index, o.owner,
+                        orchestration_id, orchestration_id, o.index, o.owner,
                     )
                     for o in outcomes if o.status is status
                 ]
@@ -303,7 +347,7 @@ class SqliteStore:
                     continue
                 cur = db.executemany(
                     "UPDATE jobs SET status = ?, result = ?, error = ?, not_before = ?,"
-                    " finished_at = ?, owner = NULL, lease_until = NULL"
+                    f" finished_at = ?, owner = NULL, lease_until = NULL, changed = {_STAMP}"
                     " WHERE orchestration_id = ? AND idx = ? AND owner = ?"
                     " AND status = 'InProgress'",
                     rows,
@@ -339,11 +383,12 @@ class SqliteStore:
         self, orchestration_id: str, shard: int, error: ErrorInfo, *, now: float
     ) -> int:
         with self._write() as db:
+            _next_stamp(db, orchestration_id)
             failed = db.execute(
                 "UPDATE jobs SET status = 'Errored', error = ?, finished_at = ?, owner = NULL,"
-                " lease_until = NULL WHERE orchestration_id = ? AND shard = ?"
-                " AND status IN ('Pending', 'InProgress')",
-                (json.dumps(error.to_json()), now, orchestration_id, shard),
+                f" lease_until = NULL, changed = {_STAMP} WHERE orchestration_id = ?"
+                " AND shard = ? AND status IN ('Pending', 'InProgress')",
+                (json.dumps(error.to_json()), now, orchestration_id, orchestration_id, shard),
             ).rowcount
             if failed:
                 db.execute(
@@ -363,11 +408,12 @@ class SqliteStore:
                 raise UnknownOrchestration(orchestration_id)
             if row[0] != Status.IN_PROGRESS.value:
                 return False
+            _next_stamp(db, orchestration_id)
             cancelled = db.execute(
                 "UPDATE jobs SET status = 'Cancelled', finished_at = ?, owner = NULL,"
-                " lease_until = NULL WHERE orchestration_id = ?"
+                f" lease_until = NULL, changed = {_STAMP} WHERE orchestration_id = ?"
                 " AND status IN ('Pending', 'InProgress')",
-                (now, orchestration_id),
+                (now, orchestration_id, orchestration_id),
             ).rowcount
             db.execute(
                 "UPDATE orchestrations SET cancelled = cancelled + ?, status = 'Cancelled',"
@@ -412,6 +458,41 @@ class SqliteStore:
                 )
                 yield Failure(job_id, idx, json.loads(params), info, attempts, Status(status))
 
+    # -- instances and their changes ---------------------------------------------------
+
+    def list_instances(
+        self,
+        orchestration_id: str,
+        *,
+        status: Status | None = None,
+        after_index: int = -1,
+        limit: int = 100,
+    ) -> list[JobInstance]:
+        self.get_orchestration(orchestration_id)  # raises UnknownOrchestration
+        sql = f"SELECT {_INSTANCE_COLUMNS} FROM jobs WHERE orchestration_id = ? AND idx > ?"
+        args: list[Any] = [orchestration_id, after_index]
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status.value)
+        rows = self._db.execute(sql + " ORDER BY idx LIMIT ?", [*args, limit]).fetchall()
+        return [_instance(r) for r in rows]
+
+    def instance_changes(self, orchestration_id: str, *, after: float) -> list[JobInstance]:
+        rows = self._db.execute(
+            f"SELECT {_INSTANCE_COLUMNS} FROM jobs WHERE orchestration_id = ? AND changed > ?"
+            " ORDER BY changed, idx",
+            (orchestration_id, after),
+        ).fetchall()
+        return [_instance(r) for r in rows]
+
+    def change_cursor(self, orchestration_id: str) -> float:
+        row = self._db.execute(
+            "SELECT version FROM orchestrations WHERE id = ?", (orchestration_id,)
+        ).fetchone()
+        if row is None:
+            raise UnknownOrchestration(orchestration_id)
+        return float(row[0])
+
     # -- changes ------------------------------------------------------------------
 
     def change_token(self, orchestration_id: str) -> int:
@@ -427,3 +508,23 @@ class SqliteStore:
                 return current
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.02)
+
+
+def _next_stamp(db: sqlite3.Connection, orchestration_id: str) -> None:
+    db.execute("UPDATE orchestrations SET version = version + 1 WHERE id = ?", (orchestration_id,))
+
+
+def _instance(row: tuple[Any, ...]) -> JobInstance:
+    job_id, idx, status, attempts, params, result, error, started, finished, changed = row
+    return JobInstance(
+        job_id=job_id,
+        index=idx,
+        status=Status(status),
+        attempts=attempts,
+        params=json.loads(params),
+        result=None if result is None else json.loads(result),
+        error=None if error is None else ErrorInfo.from_json(json.loads(error)),
+        started_at=started,
+        finished_at=finished,
+        changed=float(changed),
+    )

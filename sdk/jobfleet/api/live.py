@@ -1,0 +1,213 @@
+"""Live events of orchestrations, pushed from the store's change notifications.
+
+One `OrchestrationFeed` per followed orchestration: a thread that follows it with the
+SDK's own `watch()` (Firestore listeners on gcp, SQLite's commit counter locally) and
+reads the instances that changed since its cursor. Every server-sent-events client of
+that orchestration subscribes to the same feed, so 200 clients cost one upstream.
+
+The stream a client sees: `snapshot` (the orchestration now), `transition`s of
+instances (with an id that `Last-Event-ID` resumes from), `progress` (the
+orchestration after each change) and, last, `completed` (the JobCompletedEvent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from jobfleet.core.models import JobCompletedEvent, JobInstance, JsonObject, Status
+from jobfleet.core.ports import Store
+from jobfleet.fleet import JobFleet, Orchestration
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveEvent:
+    event: str
+    data: str  # JSON, encoded once for every subscriber
+    id: str | None = None
+
+    @classmethod
+    def of(cls, event: str, data: JsonObject, id: str | None = None) -> LiveEvent:
+        return cls(event, json.dumps(data, separators=(",", ":")), id)
+
+
+def transition_id(instance: JobInstance) -> str:
+    return f"{instance.changed!r}/{instance.index}"
+
+
+def parse_transition_id(text: str) -> tuple[float, int] | None:
+    stamp, sep, index = text.partition("/")
+    try:
+        return (float(stamp), int(index)) if sep else None
+    except ValueError:
+        return None
+
+
+def transition(instance: JobInstance) -> LiveEvent:
+    return LiveEvent.of("transition", instance.to_json(), transition_id(instance))
+
+
+def completed(orchestration: Orchestration) -> LiveEvent:
+    snap = orchestration.status()
+    return LiveEvent.of("completed", JobCompletedEvent.for_orchestration(snap).to_json())
+
+
+@dataclass(slots=True, eq=False)  # compared and hashed by identity
+class Subscriber:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[list[LiveEvent]] = field(default_factory=asyncio.Queue)
+
+    def push(self, events: list[LiveEvent]) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, events)
+
+
+class OrchestrationFeed:
+    """Follows one orchestration for every subscriber until it has ended and been
+    announced, or nobody listens any more."""
+
+    def __init__(
+        self, orchestration: Orchestration, on_end: Callable[[OrchestrationFeed], None]
+    ) -> None:
+        self.orchestration = orchestration
+        self._store: Store = orchestration.fleet.backend.store
+        self._on_end = on_end
+        self._lock = threading.Lock()
+        self._subscribers: set[Subscriber] = set()
+        self._seen: dict[str, tuple[Status, int]] = {}
+        self.ended = False
+        self._thread = threading.Thread(
+            target=self._run, name=f"jobfleet-feed-{orchestration.id[:8]}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def subscribe(self, subscriber: Subscriber) -> bool:
+        with self._lock:
+            if self.ended:
+                return False
+            self._subscribers.add(subscriber)
+            return True
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            self._subscribers.discard(subscriber)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def _broadcast(self, events: list[LiveEvent], *, final: bool = False) -> bool:
+        """False when the feed ends: its last events are out, or nobody listens any more.
+        It ends under the lock, so that no subscriber joins a feed that is done."""
+        with self._lock:
+            subscribers = list(self._subscribers)
+            self.ended = final or not subscribers
+        for subscriber in subscribers:
+            subscriber.push(events)
+        return not self.ended
+
+    def _new_transitions(self, after: float) -> tuple[list[LiveEvent], float]:
+        events, cursor = [], after
+        for instance in self._store.instance_changes(
+            self.orchestration.id, after=after - self._store.change_margin
+        ):
+            cursor = max(cursor, instance.changed)
+            state = (instance.status, instance.attempts)
+            if self._seen.get(instance.job_id) != state:
+                self._seen[instance.job_id] = state
+                events.append(transition(instance))
+        return events, cursor
+
+    def _run(self) -> None:
+        cursor = self._store.change_cursor(self.orchestration.id)
+        try:
+            for snap in self.orchestration.watch():
+                events, cursor = self._new_transitions(cursor)
+                events.append(LiveEvent.of("progress", snap.to_json()))
+                final = snap.status.terminal and snap.event_published
+                if final:
+                    events.append(completed(self.orchestration))
+                if not self._broadcast(events, final=final):
+                    break
+        except Exception:
+            log.exception("the live feed of orchestration %s failed", self.orchestration.id)
+            self._broadcast([LiveEvent.of("error", {"error": {
+                "code": "feed_failed", "message": "the live feed failed; reconnect to resume",
+            }})], final=True)
+        finally:
+            self._on_end(self)
+
+
+class LiveHub:
+    """The feeds of the orchestrations being followed, one per orchestration."""
+
+    def __init__(self, fleet: JobFleet) -> None:
+        self.fleet = fleet
+        self._lock = threading.Lock()
+        self._feeds: dict[str, OrchestrationFeed] = {}
+
+    @property
+    def upstreams(self) -> int:
+        return len(self._feeds)
+
+    @property
+    def clients(self) -> int:
+        with self._lock:
+            return sum(feed.subscribers for feed in self._feeds.values())
+
+    def _forget(self, feed: OrchestrationFeed) -> None:
+        with self._lock:
+            if self._feeds.get(feed.orchestration.id) is feed:
+                del self._feeds[feed.orchestration.id]
+
+    def subscribe(self, orchestration: Orchestration, subscriber: Subscriber) -> OrchestrationFeed:
+        with self._lock:
+            feed = self._feeds.get(orchestration.id)
+            if feed is None or not feed.subscribe(subscriber):
+                feed = OrchestrationFeed(orchestration, self._forget)
+                feed.subscribe(subscriber)
+                self._feeds[orchestration.id] = feed
+                feed.start()
+        return feed
+
+    async def stream(
+        self, orchestration: Orchestration, last_event_id: str | None = None
+    ) -> AsyncIterator[LiveEvent]:
+        """One client's events: subscribed before the snapshot is read, so nothing
+        between the two is missed; a resumed client first gets the transitions after
+        its last event id, read from the store."""
+        subscriber = Subscriber(asyncio.get_running_loop())
+        feed = await asyncio.to_thread(self.subscribe, orchestration, subscriber)
+        sent: set[str] = set()
+        try:
+            snap = await asyncio.to_thread(orchestration.status)
+            yield LiveEvent.of("snapshot", snap.to_json())
+            resume = parse_transition_id(last_event_id) if last_event_id else None
+            if resume is not None:
+                for event in await asyncio.to_thread(self._backlog, orchestration, resume):
+                    sent.add(event.id or "")
+                    yield event
+            while True:
+                for event in await subscriber.queue.get():
+                    if event.id is not None and event.id in sent:
+                        continue
+                    yield event
+                    if event.event in ("completed", "error"):
+                        return
+        finally:
+            feed.unsubscribe(subscriber)
+
+    def _backlog(self, orchestration: Orchestration, resume: tuple[float, int]) -> list[LiveEvent]:
+        store = orchestration.fleet.backend.store
+        stamp, _ = resume
+        changed = store.instance_changes(orchestration.id, after=stamp - store.change_margin)
+        if store.change_margin == 0:  # exact stamps: only what came after the last event
+            changed = [i for i in changed if (i.changed, i.index) > resume]
+        return [transition(i) for i in changed]

@@ -1,0 +1,206 @@
+"""The `/v1` endpoints: each translates HTTP to one SDK call and back, nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from jobfleet.api import schemas
+from jobfleet.api.live import LiveHub
+from jobfleet.core.models import JobInstance, OrchestrationSnapshot, Status
+from jobfleet.core.options import parse_tag_filter
+from jobfleet.core.params import params_schema
+from jobfleet.core.registry import get_job, known_jobs
+from jobfleet.errors import InvalidOption, JobfleetError
+from jobfleet.fleet import JobFleet
+
+PREFIX = "/v1"
+PING_SECONDS = 15
+
+router = APIRouter(prefix=PREFIX)
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": schemas.ErrorBody, "description": text}
+    for code, text in {
+        400: "bad query or page token",
+        401: "no valid bearer token",
+        403: "the token's principal is not allowed",
+        404: "no such orchestration",
+        422: "the request does not fit the schema, or a parameter set is refused",
+    }.items()
+}
+
+
+class Conflict(JobfleetError):
+    """The request is valid but the orchestration's state does not allow it."""
+
+
+def fleet_of(request: Request) -> JobFleet:
+    fleet: JobFleet = request.app.state.fleet
+    return fleet
+
+
+def hub_of(request: Request) -> LiveHub:
+    hub: LiveHub = request.app.state.hub
+    return hub
+
+
+def links(orchestration_id: str) -> dict[str, str]:
+    base = f"{PREFIX}/orchestrations/{orchestration_id}"
+    return {
+        "self": base, "jobs": f"{base}/jobs", "results": f"{base}/results",
+        "events": f"{base}/events", "cancel": f"{base}/cancel",
+        "dashboard": f"/orchestrations/{orchestration_id}",
+    }
+
+
+def orchestration_json(snap: OrchestrationSnapshot) -> dict[str, Any]:
+    return {**snap.to_json(), "links": links(snap.id)}
+
+
+@router.post(
+    "/orchestrations", status_code=202, response_model=schemas.Orchestration,
+    responses=ERRORS, summary="Kick off a job over parameter sets",
+)
+def kick_off(body: schemas.KickOff, request: Request, response: Response) -> dict[str, Any]:
+    """Every parameter set is checked before anything runs; a refused one is named by
+    its index and nothing is created."""
+    orchestration = fleet_of(request).kick_off(
+        body.job_name, body.params, parallelism=body.parallelism, tags=body.tags,
+        retries=body.retries, timeout=body.timeout,
+    )
+    response.headers["Location"] = links(orchestration.id)["self"]
+    return orchestration_json(orchestration.status())
+
+
+@router.get(
+    "/orchestrations", response_model=schemas.OrchestrationPage, responses=ERRORS,
+    summary="Orchestrations, newest first",
+)
+def history(
+    request: Request,
+    job_name: str | None = None,
+    status: Status | None = None,
+    tag: Annotated[str | None, Query(description="KEY:VALUE")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    page_token: str | None = None,
+) -> dict[str, Any]:
+    page = fleet_of(request).history(
+        limit=limit, job_name=job_name, status=status,
+        tag=None if tag is None else parse_tag_filter(tag), before=page_token,
+    )
+    return {
+        "orchestrations": [orchestration_json(s) for s in page],
+        "next_page_token": page[-1].id if len(page) == limit else None,
+    }
+
+
+@router.get(
+    "/orchestrations/{orchestration_id}", response_model=schemas.Orchestration,
+    responses=ERRORS, summary="One orchestration's status and counts",
+)
+def orchestration(orchestration_id: str, request: Request) -> dict[str, Any]:
+    return orchestration_json(fleet_of(request).orchestration(orchestration_id).status())
+
+
+@router.get(
+    "/orchestrations/{orchestration_id}/jobs", response_model=schemas.JobInstancePage,
+    responses=ERRORS, summary="Job instances by index",
+)
+def jobs(
+    orchestration_id: str,
+    request: Request,
+    status: Status | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    page_token: str | None = None,
+) -> dict[str, Any]:
+    after = -1
+    if page_token is not None:
+        if not page_token.isdigit():
+            raise InvalidOption(f"page_token {page_token!r} is not one this listing gave")
+        after = int(page_token)
+    page: list[JobInstance] = fleet_of(request).orchestration(orchestration_id).instances(
+        status=status, after_index=after, limit=limit
+    )
+    return {
+        "jobs": [i.to_json() for i in page],
+        "next_page_token": str(page[-1].index) if len(page) == limit else None,
+    }
+
+
+@router.get(
+    "/orchestrations/{orchestration_id}/results", response_model=schemas.Results,
+    responses=ERRORS, summary="Successes and failures, with their original params",
+)
+def results(orchestration_id: str, request: Request) -> dict[str, Any]:
+    """What has finished so far; `complete` says whether that is everything."""
+    handle = fleet_of(request).orchestration(orchestration_id)
+    snap = handle.status()
+    successes, failures = handle.results_so_far()
+    return {
+        "orchestration_id": orchestration_id,
+        "status": str(snap.status),
+        "complete": snap.status.terminal,
+        "successes": [s.to_json() for s in successes],
+        "failures": [f.to_json() for f in failures or []],
+    }
+
+
+@router.get(
+    "/orchestrations/{orchestration_id}/events", responses={
+        **ERRORS, 200: {"content": {"text/event-stream": {}},
+                        "description": "snapshot, transitions, progress, completed"},
+    },
+    response_class=EventSourceResponse, summary="Live events (server-sent events)",
+)
+async def events(
+    orchestration_id: str,
+    request: Request,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventSourceResponse:
+    """`snapshot` first, then `transition` (an instance moved; its id resumes the stream
+    through `Last-Event-ID`) and `progress` (the counts) as they happen, and last
+    `completed`, the JobCompletedEvent; then the stream ends."""
+    handle = await asyncio.to_thread(fleet_of(request).orchestration, orchestration_id)
+    stream = hub_of(request).stream(handle, last_event_id)
+
+    async def sse() -> Any:
+        async for event in stream:
+            yield ServerSentEvent(data=event.data, event=event.event, id=event.id)
+
+    return EventSourceResponse(sse(), ping=PING_SECONDS)
+
+
+@router.post(
+    "/orchestrations/{orchestration_id}/cancel", response_model=schemas.Orchestration,
+    responses={**ERRORS, 409: {"model": schemas.ErrorBody, "description": "already ended"}},
+    summary="Cancel the unfinished instances",
+)
+def cancel(orchestration_id: str, request: Request) -> dict[str, Any]:
+    snap = fleet_of(request).orchestration(orchestration_id).cancel()
+    if snap.status is not Status.CANCELLED:
+        raise Conflict(
+            f"orchestration {orchestration_id} already ended {snap.status}; nothing to cancel"
+        )
+    return orchestration_json(snap)
+
+
+@router.get("/jobs", response_model=schemas.JobList, responses=ERRORS,
+            summary="Registered jobs and the JSON schema of their params")
+def registered_jobs() -> dict[str, Any]:
+    found = []
+    for name in known_jobs():
+        d = get_job(name)
+        found.append({
+            "name": name, "retries": d.retries, "backoff": d.backoff, "timeout": d.timeout,
+            "params_schema": params_schema(d),
+        })
+    return {"jobs": found}
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status)

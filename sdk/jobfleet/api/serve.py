@@ -1,0 +1,35 @@
+"""`jobfleet serve`: the API and dashboard under uvicorn, on a laptop or as a Cloud Run
+service (which sets PORT and needs 0.0.0.0, so it needs a token configured)."""
+
+from __future__ import annotations
+
+import os
+
+from jobfleet.errors import ConfigurationError
+
+DEFAULT_PORT = 8080
+
+
+def serve(host: str = "127.0.0.1", port: int | None = None, *, log_level: str = "info") -> None:
+    try:
+        import uvicorn
+
+        from jobfleet.api.app import create_app
+        from jobfleet.api.auth import authenticator_from_env, is_loopback
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the HTTP API needs its extra ({exc.name} is missing): "
+            "pip install 'jobfleet[api]'"
+        ) from None
+    authenticator = authenticator_from_env()
+    if authenticator is None and not is_loopback(host):
+        raise ConfigurationError(
+            f"refusing to listen on {host} with no token configured: anyone who can reach "
+            "it could run jobs. Set JOBFLEET_API_TOKEN (or JOBFLEET_API_AUDIENCE and "
+            "JOBFLEET_API_PRINCIPALS for Google ID tokens), or listen on 127.0.0.1."
+        )
+    chosen = port if port is not None else int(os.environ.get("PORT") or DEFAULT_PORT)
+    uvicorn.run(
+        create_app(authenticator=authenticator), host=host, port=chosen, log_level=log_level,
+        proxy_headers=True, forwarded_allow_ips="*" if os.environ.get("K_SERVICE") else None,
+    )

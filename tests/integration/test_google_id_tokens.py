@@ -1,0 +1,351 @@
+"""Google ID tokens verified for real: google-auth fetches signing certificates from a
+local stand-in for https://www.googleapis.com/oauth2/v1/certs and checks tokens signed
+with their private key, exactly as it does against Google."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from google.auth import crypt, jwt
+
+from jobfleet.api.auth import (
+    AuthError,
+    AuthUnavailable,
+    Forbidden,
+    GoogleIdTokens,
+    Principal,
+    Unauthenticated,
+    authenticator_from_env,
+)
+
+AUDIENCE = "https://jobfleet-api-abc123-uc.a.run.app"
+ALLOWED = "ci@proj.iam.gserviceaccount.com"
+KID = "2f8b0c1e"
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    private_pem: bytes
+    certificate_pem: str
+
+
+def make_key(common_name: str) -> SigningKey:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return SigningKey(
+        private_pem=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        certificate_pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
+    )
+
+
+@pytest.fixture(scope="module")
+def google_key() -> SigningKey:
+    return make_key("securetoken.test")
+
+
+@pytest.fixture(scope="module")
+def rogue_key() -> SigningKey:
+    return make_key("attacker.test")
+
+
+class CertsServer(ThreadingHTTPServer):
+    """Serves `{kid: PEM certificate}` with Google's caching headers, counting fetches."""
+
+    def __init__(self, certs: dict[str, str]) -> None:
+        super().__init__(("127.0.0.1", 0), CertsHandler)
+        self.certs = certs
+        self.status = 200
+        self.cache_control = "public, max-age=20105, must-revalidate, no-transform"
+        self.age: str | None = None
+        self.fetches = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/oauth2/v1/certs"
+
+
+class CertsHandler(BaseHTTPRequestHandler):
+    server: CertsServer
+
+    def do_GET(self) -> None:
+        self.server.fetches += 1
+        body = json.dumps(self.server.certs).encode()
+        self.send_response(self.server.status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Cache-Control", self.server.cache_control)
+        if self.server.age is not None:
+            self.send_header("Age", self.server.age)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep test output quiet."""
+
+
+@pytest.fixture
+def certs_server(google_key: SigningKey, monkeypatch: pytest.MonkeyPatch) -> Iterator[CertsServer]:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    server = CertsServer({KID: google_key.certificate_pem})
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def google(certs_server: CertsServer) -> GoogleIdTokens:
+    return GoogleIdTokens(AUDIENCE, [ALLOWED, "ann@example.com"], certs_url=certs_server.url)
+
+
+def mint(key: SigningKey, kid: str = KID, **claims: Any) -> str:
+    """An ID token shaped like the ones Google signs for a service account."""
+    now = int(time.time())
+    payload = {
+        "iss": "https://accounts.google.com",
+        "aud": AUDIENCE,
+        "azp": "112233445566778899000",
+        "sub": "112233445566778899000",
+        "email": ALLOWED,
+        "email_verified": True,
+        "iat": now,
+        "exp": now + 3600,
+        **claims,
+    }
+    signer = crypt.RSASigner.from_string(key.private_pem, key_id=kid)  # type: ignore[no-untyped-call]
+    encoded: bytes = jwt.encode(signer, payload)  # type: ignore[no-untyped-call]
+    return encoded.decode()
+
+
+def refusal(google: GoogleIdTokens, token: str) -> AuthError:
+    with pytest.raises(AuthError) as caught:
+        google.authenticate(token)
+    error = caught.value
+    assert token not in str(error)
+    assert token not in "".join(traceback.format_exception(error))
+    return error
+
+
+def test_a_valid_token_of_an_allowed_identity_names_it(
+    google: GoogleIdTokens, google_key: SigningKey
+) -> None:
+    assert google.authenticate(mint(google_key)) == Principal(ALLOWED)
+
+
+def test_the_allow_list_ignores_case(google: GoogleIdTokens, google_key: SigningKey) -> None:
+    token = mint(google_key, email="Ann@Example.COM")
+    assert google.authenticate(token) == Principal("Ann@Example.COM")
+
+
+def test_both_spellings_of_googles_issuer_are_accepted(
+    google: GoogleIdTokens, google_key: SigningKey
+) -> None:
+    assert google.authenticate(mint(google_key, iss="accounts.google.com")) == Principal(ALLOWED)
+
+
+def test_an_expired_token_is_a_401(google: GoogleIdTokens, google_key: SigningKey) -> None:
+    now = int(time.time())
+    error = refusal(google, mint(google_key, iat=now - 7200, exp=now - 3600))
+
+    assert isinstance(error, Unauthenticated)
+    assert error.status == 401
+    assert "expired" in str(error)
+
+
+def test_a_token_just_past_expiry_is_within_the_clock_skew(
+    google: GoogleIdTokens, google_key: SigningKey
+) -> None:
+    now = int(time.time())
+    token = mint(google_key, iat=now - 3600, exp=now - 2)
+    assert google.authenticate(token) == Principal(ALLOWED)
+
+
+def test_a_token_for_another_audience_is_a_401(
+    google: GoogleIdTokens, google_key: SigningKey
+) -> None:
+    error = refusal(google, mint(google_key, aud="https://someone-else.a.run.app"))
+
+    assert isinstance(error, Unauthenticated)
+    assert AUDIENCE in str(error)
+
+
+def test_a_token_from_another_issuer_is_a_401(
+    google: GoogleIdTokens, google_key: SigningKey
+) -> None:
+    error = refusal(google, mint(google_key, iss="https://securetoken.google.com/proj"))
+
+    assert isinstance(error, Unauthenticated)
+    assert "accounts.google.com" in str(error)
+
+
+def test_a_token_signed_with_an_unpublished_key_id_is_a_401(
+    google: GoogleIdTokens, rogue_key: SigningKey
+) -> None:
+    error = refusal(google, mint(rogue_key, kid="unknown-kid"))
+
+    assert isinstance(error, Unauthenticated)
+    assert "key" in str(error)
+
+
+def test_a_token_signed_by_another_key_under_a_published_key_id_is_a_401(
+    google: GoogleIdTokens, rogue_key: SigningKey
+) -> None:
+    error = refusal(google, mint(rogue_key))
+
+    assert isinstance(error, Unauthenticated)
+    assert "signature" in str(error)
+
+
+def test_a_tampered_token_is_a_401(google: GoogleIdTokens, google_key: SigningKey) -> None:
+    header, _, signature = mint(google_key).split(".")
+    forged = mint(google_key, email="ann@example.com").split(".")[1]
+
+    assert isinstance(refusal(google, f"{header}.{forged}.{signature}"), Unauthenticated)
+
+
+def test_an_identity_missing_from_the_allow_list_is_a_403_that_names_it(
+    google: GoogleIdTokens, google_key: SigningKey
+) -> None:
+    error = refusal(google, mint(google_key, email="intruder@other.iam.gserviceaccount.com"))
+
+    assert isinstance(error, Forbidden)
+    assert error.status == 403
+    assert str(error) == (
+        "intruder@other.iam.gserviceaccount.com is not allowed to use this API; "
+        "add it to JOBFLEET_API_PRINCIPALS"
+    )
+
+
+@pytest.mark.parametrize("verified", [False, "false", None])
+def test_an_unverified_email_is_a_403(
+    google: GoogleIdTokens, google_key: SigningKey, verified: object
+) -> None:
+    error = refusal(google, mint(google_key, email_verified=verified))
+
+    assert isinstance(error, Forbidden)
+    assert "not verified" in str(error)
+
+
+def test_a_token_without_an_email_is_a_403(
+    google: GoogleIdTokens, google_key: SigningKey
+) -> None:
+    token = mint(google_key, email=None, email_verified=None)
+
+    assert isinstance(refusal(google, token), Forbidden)
+
+
+def test_certs_are_fetched_once_for_many_verifications(
+    google: GoogleIdTokens, google_key: SigningKey, certs_server: CertsServer
+) -> None:
+    tokens = [mint(google_key, sub=str(n)) for n in range(20)]
+
+    for token in tokens:
+        assert google.authenticate(token) == Principal(ALLOWED)
+    refusal(google, mint(google_key, aud="https://elsewhere"))
+
+    assert certs_server.fetches == 1
+
+
+def test_concurrent_verifications_share_one_fetch(
+    google: GoogleIdTokens, google_key: SigningKey, certs_server: CertsServer
+) -> None:
+    token = mint(google_key)
+    seen: list[Principal] = []
+    threads = [
+        threading.Thread(target=lambda: seen.append(google.authenticate(token)))
+        for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert seen == [Principal(ALLOWED)] * 8
+    assert certs_server.fetches == 1
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "age"),
+    [("public, max-age=60, must-revalidate", "60"), ("no-store", None), ("max-age=0", None)],
+)
+def test_certs_that_may_not_be_reused_are_fetched_again(
+    google: GoogleIdTokens,
+    google_key: SigningKey,
+    certs_server: CertsServer,
+    cache_control: str,
+    age: str | None,
+) -> None:
+    certs_server.cache_control = cache_control
+    certs_server.age = age
+
+    for _ in range(3):
+        assert google.authenticate(mint(google_key)) == Principal(ALLOWED)
+
+    assert certs_server.fetches == 3
+
+
+def test_unreachable_certs_are_a_503_not_the_callers_fault(
+    google: GoogleIdTokens, google_key: SigningKey, certs_server: CertsServer
+) -> None:
+    certs_server.status = 500
+    token = mint(google_key)
+
+    error = refusal(google, token)
+
+    assert isinstance(error, AuthUnavailable)
+    assert error.status == 503
+    # A failed fetch is not kept: the next request tries again.
+    certs_server.status = 200
+    assert google.authenticate(token) == Principal(ALLOWED)
+    assert certs_server.fetches == 2
+
+
+def test_the_environment_configures_the_same_verification(
+    google_key: SigningKey, certs_server: CertsServer
+) -> None:
+    authenticator = authenticator_from_env(
+        {
+            "JOBFLEET_API_TOKEN": "local-dev-token",
+            "JOBFLEET_API_AUDIENCE": AUDIENCE,
+            "JOBFLEET_API_PRINCIPALS": ALLOWED,
+            "JOBFLEET_API_CERTS_URL": certs_server.url,
+        }
+    )
+    assert authenticator is not None
+
+    assert authenticator.authenticate(mint(google_key)) == Principal(ALLOWED)
+    assert authenticator.authenticate("local-dev-token") == Principal("static-token")
+    with pytest.raises(Forbidden):
+        authenticator.authenticate(mint(google_key, email="ann@example.com"))
