@@ -179,3 +179,71 @@ def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+@dataclass(frozen=True)
+class Server:
+    """A real `jobfleet serve` process on loopback."""
+
+    url: str
+    token: str | None
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+
+class ServerFactory(Protocol):
+    def __call__(self, *, token: str | None = None, env: dict[str, str] | None = None) -> Server:
+        ...
+
+
+@pytest.fixture
+def serve(home: Path, tmp_path: Path) -> Iterator[ServerFactory]:
+    """Start `jobfleet serve` (against the test's home, or `env`'s backend) and wait until
+    /healthz answers; every server is stopped at the end of the test."""
+    from jobfleet.dev.emulators import free_port
+
+    started: list[Server] = []
+
+    def start(*, token: str | None = None, env: dict[str, str] | None = None) -> Server:
+        port = free_port()
+        log = tmp_path / f"serve-{port}.log"
+        environment = {**os.environ, **(env or {})}
+        environment.pop("JOBFLEET_API_TOKEN", None)
+        if token:
+            environment["JOBFLEET_API_TOKEN"] = token
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "jobfleet", "serve", "--port", str(port)],
+                env=environment, stdout=out, stderr=subprocess.STDOUT,
+            )
+        server = Server(f"http://127.0.0.1:{port}", token, process, log)
+        started.append(server)
+        if not eventually(lambda: _healthy(server), timeout=30):
+            raise AssertionError(f"jobfleet serve did not start:\n{log.read_text()}")
+        return server
+
+    yield start
+    for server in started:
+        server.process.terminate()
+    for server in started:
+        try:
+            server.process.wait(10)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+
+
+def _healthy(server: Server) -> bool:
+    import urllib.error
+    import urllib.request
+
+    if server.process.poll() is not None:
+        raise AssertionError(f"jobfleet serve exited:\n{server.log.read_text()}")
+    try:
+        with urllib.request.urlopen(server.url + "/healthz", timeout=2) as reply:
+            return bool(reply.status == 200)
+    except (urllib.error.URLError, ConnectionError):
+        return False

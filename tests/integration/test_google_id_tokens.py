@@ -235,6 +235,18 @@ def test_a_tampered_token_is_a_401(google: GoogleIdTokens, google_key: SigningKe
     assert isinstance(refusal(google, f"{header}.{forged}.{signature}"), Unauthenticated)
 
 
+@pytest.mark.parametrize("token", ["abc.def.ghi", "eyJhbGciOiJSUzI1NiJ9.e30.", ".."])
+def test_a_jwt_shaped_token_that_is_garbage_is_a_401_without_googles_message(
+    google: GoogleIdTokens, token: str
+) -> None:
+    error = refusal(google, token)
+
+    assert isinstance(error, Unauthenticated)
+    # google-auth's own messages quote what they could not parse: none may travel along.
+    assert error.__cause__ is None
+    assert error.__context__ is None
+
+
 def test_an_identity_missing_from_the_allow_list_is_a_403_that_names_it(
     google: GoogleIdTokens, google_key: SigningKey
 ) -> None:

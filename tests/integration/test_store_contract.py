@@ -599,12 +599,13 @@ class TestStoreContract:
         assert ids("nothing", "here") == []
 
     def test_the_tag_filter_knows_where_a_key_ends(self, store: Store) -> None:
-        # The SDK accepts "=" in tag keys and values, so neither may leak into the other.
-        split_late = create(store, n=1, created_at=T0 + 1, tags={"a=b": "c"})
-        split_early = create(store, n=1, created_at=T0 + 2, tags={"a": "b=c"})
+        # Tag values may hold "=", and the API's `?tag=a=b:c` asks for key "a=b": a key
+        # no orchestration can carry, so nothing may match.
+        tagged = create(store, n=1, tags={"a": "b=c"})
 
-        assert [s.id for s in store.list_orchestrations(tag=("a", "b=c"))] == [split_early]
-        assert [s.id for s in store.list_orchestrations(tag=("a=b", "c"))] == [split_late]
+        assert [s.id for s in store.list_orchestrations(tag=("a", "b=c"))] == [tagged]
+        assert store.list_orchestrations(tag=("a=b", "c")) == []
+        assert store.list_orchestrations(tag=("a", "b")) == []
 
     def test_history_survives_closing_and_reopening(
         self, store: Store, store_factory: StoreFactory

@@ -176,6 +176,8 @@ class GoogleIdTokens:
         raise failure
 
     def _why(self, refused: ValueError) -> str:
+        # google-auth raises the same types for every refusal, so its wording is all there
+        # is to tell them apart; a wording it changes still ends in the generic 401.
         said = str(refused)
         if said.startswith("Token expired"):
             return "the bearer token has expired; get a fresh ID token"

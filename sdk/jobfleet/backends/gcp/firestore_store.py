@@ -201,6 +201,8 @@ class FirestoreStore:
         if status is not None:
             query = query.where(filter=_where("status", "==", status.value))
         if tag is not None:
+            if "=" in tag[0]:  # no tag key holds one, and "key=value" would be ambiguous
+                return []
             query = query.where(filter=_where("tag_pairs", "array_contains", tag_pair(*tag)))
         if before is not None:
             last = self._ref(before).get()
