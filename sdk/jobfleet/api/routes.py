@@ -15,7 +15,7 @@ from jobfleet.core.models import JobInstance, OrchestrationSnapshot, Status
 from jobfleet.core.options import parse_tag_filter
 from jobfleet.core.params import params_schema
 from jobfleet.core.registry import get_job, known_jobs
-from jobfleet.errors import InvalidOption, JobfleetError
+from jobfleet.errors import JobfleetError, UnknownOrchestration
 from jobfleet.fleet import JobFleet
 
 PREFIX = "/v1"
@@ -37,6 +37,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 class Conflict(JobfleetError):
     """The request is valid but the orchestration's state does not allow it."""
+
+
+class UnknownPageToken(UnknownOrchestration):
+    def __init__(self, token: str) -> None:
+        JobfleetError.__init__(
+            self, f"page_token {token!r} names no orchestration: use the next_page_token "
+            "of a listing, or leave it out for the first page"
+        )
+        self.orchestration_id = token
 
 
 def fleet_of(request: Request) -> JobFleet:
@@ -85,14 +94,17 @@ def history(
     request: Request,
     job_name: str | None = None,
     status: Status | None = None,
-    tag: Annotated[str | None, Query(description="KEY:VALUE")] = None,
+    tag: Annotated[str | None, Query(description="KEY:VALUE", pattern="^[^:]+:")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     page_token: str | None = None,
 ) -> dict[str, Any]:
-    page = fleet_of(request).history(
-        limit=limit, job_name=job_name, status=status,
-        tag=None if tag is None else parse_tag_filter(tag), before=page_token,
-    )
+    try:
+        page = fleet_of(request).history(
+            limit=limit, job_name=job_name, status=status,
+            tag=None if tag is None else parse_tag_filter(tag), before=page_token,
+        )
+    except UnknownOrchestration:
+        raise UnknownPageToken(page_token or "") from None
     return {
         "orchestrations": [orchestration_json(s) for s in page],
         "next_page_token": page[-1].id if len(page) == limit else None,
@@ -116,13 +128,9 @@ def jobs(
     request: Request,
     status: Status | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    page_token: str | None = None,
+    page_token: Annotated[str | None, Query(pattern="^[0-9]{1,18}$")] = None,
 ) -> dict[str, Any]:
-    after = -1
-    if page_token is not None:
-        if not page_token.isdigit():
-            raise InvalidOption(f"page_token {page_token!r} is not one this listing gave")
-        after = int(page_token)
+    after = -1 if page_token is None else int(page_token)
     page: list[JobInstance] = fleet_of(request).orchestration(orchestration_id).instances(
         status=status, after_index=after, limit=limit
     )

@@ -178,7 +178,7 @@
           el("span", { class: "cancelled", title: "cancelled" },
             el("span", { "data-testid": "count-cancelled" }), " cancelled"), " of ",
           el("span", { "data-testid": "count-total" })),
-        el("td", { "data-testid": "created-at" }),
+        el("td", { class: "when", "data-testid": "created-at" }),
         el("td", { "data-testid": "tags" }));
       return tr;
     }
@@ -354,9 +354,7 @@
       }
       return el("tr", { "data-testid": "failure-row", "data-index": f.index },
         el("td", { class: "num", "data-testid": "failure-index", text: String(f.index) }),
-        el("td", {}, el("pre", {
-          "data-testid": "failure-params", text: JSON.stringify(f.params, null, 1),
-        })),
+        el("td", {}, el("pre", { "data-testid": "failure-params", text: JSON.stringify(f.params) })),
         cell,
         el("td", { class: "num", "data-testid": "failure-attempts", text: String(f.attempts) }),
         el("td", { "data-testid": "failure-status", text: f.status }));

@@ -1,0 +1,673 @@
+"""HTTP API benchmark: GET latency under load, and the lag of live events with 200 clients.
+
+    python benchmarks/api_latency.py [--orchestrations 200] [--clients 32] [--duration 10]
+                                     [--repeat 3] [--sse-clients 200] [--sse-params 200]
+                                     [--gate 3] [--quick] [--json]
+
+Runs against a real `python -m jobfleet serve` on the local backend, in a temporary
+JOBFLEET_HOME, with JOBFLEET_API_TOKEN set so that every request is authenticated. The
+server first gets --orchestrations small `noop` fan-outs, run to the end. Then, --repeat
+times each:
+
+GET load: a second process runs --clients keep-alive clients for --duration seconds
+(after a warm-up); each request asks, half and half at random, for one seeded
+orchestration by id or for the newest 50. Requests/s and p50/p99 latency per endpoint.
+
+SSE lag: a second process opens --sse-clients event streams on one `process_batch`
+orchestration (--sse-params instances of 10-50 ms, parallelism 2). A stream needs the
+orchestration's id, so it opens after the kick-off: the first instance of each of the two
+shards sleeps --gate seconds so that every client is connected before the measured work
+starts, and those two instances are left out. For every other `transition` a client
+receives, the lag is its receive time minus the transition's own stamp (`finished_at`
+for an ended instance, `started_at` for InProgress), taken over all clients. /metrics is
+scraped meanwhile for jobfleet_sse_upstreams (one per orchestration followed, however
+many clients) and jobfleet_sse_clients.
+
+Figures are medians of the runs; on a shared machine read ratios, not absolutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import resource
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+import httpx
+
+SCRIPT = Path(__file__).resolve()
+BY_ID = "GET /v1/orchestrations/{id}"
+LIST = "GET /v1/orchestrations?limit=50"
+LIST_SHARE = 0.5  # of the GET load's requests
+TERMINAL = frozenset({"Completed", "Errored", "Cancelled"})
+SSE_PARALLELISM = 2  # so two gate instances: instance i is in shard i % 2, claimed by index
+SEED_PARAMS = 5  # `noop` instances per seeded orchestration
+SEED_IN_FLIGHT = 4  # seeded orchestrations running at once (each is 2 processes)
+SCRAPE_SECONDS = 0.25
+QUICK = {"orchestrations": 20, "duration": 2.0, "warmup": 0.5, "repeat": 1,
+         "sse_clients": 50, "sse_params": 40, "gate": 2.0}
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """Nearest rank; `ordered` is sorted."""
+    if not ordered:
+        return math.nan
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
+
+
+def median(values: list[float]) -> float:
+    present = [v for v in values if not math.isnan(v)]
+    return statistics.median(present) if present else math.nan
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- the server ---------------------------------------------------------------------------
+
+
+class Server:
+    """`jobfleet serve` in a temporary home, with a token; on exit, whatever is still
+    running is cancelled through the API, the server stopped and the home removed."""
+
+    def __init__(self) -> None:
+        self._home = tempfile.TemporaryDirectory(
+            prefix="jobfleet-api-bench-", ignore_cleanup_errors=True
+        )
+        self.home = Path(self._home.name)
+        self.token = secrets.token_urlsafe(24)
+        self.headers = {"Authorization": f"Bearer {self.token}"}
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = self.home / "serve.log"
+        self.unfinished: set[str] = set()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBFLEET_")}
+        env.update(JOBFLEET_HOME=str(self.home), JOBFLEET_JOBS="jobfleet.demo",
+                   JOBFLEET_API_TOKEN=self.token)
+        try:
+            with open(self.log, "ab") as out:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "jobfleet", "serve", "--port", str(self.port)],
+                    env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True,  # Ctrl-C reaches this script only; it stops it
+                )
+            self._wait_healthy()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _wait_healthy(self, patience: float = 30.0) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"jobfleet serve exited with {self.process.returncode}:\n"
+                                 + self.log.read_text(errors="replace")[-2000:])
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise SystemExit(f"jobfleet serve did not answer /healthz within {patience:.0f} s")
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self.process is not None and self.process.poll() is None:
+                self._cancel_unfinished()
+                self.process.terminate()
+                try:
+                    self.process.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+        finally:
+            self._home.cleanup()
+
+    def _cancel_unfinished(self) -> None:
+        """An orchestration's supervisor outlives the server: cancelling stops it."""
+        with httpx.Client(base_url=self.url, headers=self.headers, timeout=5.0) as client:
+            for oid in list(self.unfinished):
+                try:
+                    if client.get(f"/v1/orchestrations/{oid}").json()["status"] not in TERMINAL:
+                        client.post(f"/v1/orchestrations/{oid}/cancel")
+                except (httpx.HTTPError, KeyError, ValueError):
+                    pass
+
+    def kick_off(self, client: httpx.Client, job: str, params: list[dict[str, Any]],
+                 parallelism: int) -> str:
+        body = {"job_name": job, "params": params, "parallelism": parallelism}
+        response = client.post("/v1/orchestrations", json=body)
+        if response.status_code != 202:
+            raise SystemExit(f"kick-off answered {response.status_code}: {response.text}")
+        oid: str = response.json()["orchestration_id"]
+        self.unfinished.add(oid)
+        return oid
+
+    def wait_ended(self, client: httpx.Client, oid: str, patience: float = 120.0) -> str:
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            status: str = client.get(f"/v1/orchestrations/{oid}").json()["status"]
+            if status in TERMINAL:
+                self.unfinished.discard(oid)
+                return status
+            time.sleep(0.05)
+        raise SystemExit(f"orchestration {oid} did not end within {patience:.0f} s")
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=30.0)
+
+
+def seed(server: Server, count: int) -> list[str]:
+    """`count` small noop fan-outs run to the end, a few at a time."""
+    ids: list[str] = []
+    numbers = iter(range(count))
+    lock = threading.Lock()
+
+    def one_after_another() -> None:
+        with server.client() as client:
+            while True:
+                with lock:
+                    n = next(numbers, None)
+                if n is None:
+                    return
+                params = [{"orchestration": n, "i": i} for i in range(SEED_PARAMS)]
+                oid = server.kick_off(client, "noop", params, parallelism=1)
+                if server.wait_ended(client, oid) != "Completed":
+                    raise SystemExit(f"seeded orchestration {oid} did not complete")
+                with lock:
+                    ids.append(oid)
+
+    threads = [threading.Thread(target=one_after_another, daemon=True)
+               for _ in range(SEED_IN_FLIGHT)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():  # a join with a timeout lets Ctrl-C through
+            t.join(0.2)
+    if len(ids) != count:
+        raise SystemExit(f"seeded {len(ids)} of {count} orchestrations; see the output above")
+    return ids
+
+
+@contextmanager
+def second_process(mode: str, config: dict[str, Any]) -> Iterator[subprocess.Popen[str]]:
+    """This script again, as the load generator or the SSE clients: its own interpreter
+    and CPU, as real clients would be. It reads `config` as the first line of stdin."""
+    child = subprocess.Popen(
+        [sys.executable, str(SCRIPT), f"--{mode}-process"], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        assert child.stdin is not None
+        child.stdin.write(json.dumps(config) + "\n")
+        child.stdin.flush()
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+
+
+def finish(child: subprocess.Popen[str]) -> dict[str, Any]:
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.close()
+    out = child.stdout.read()
+    if child.wait() != 0 or not out.strip():
+        raise SystemExit(f"{child.args!r} exited with {child.returncode}")
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+# -- GET under load -------------------------------------------------------------------------
+
+
+def get_run(server: Server, ids: list[str], args: argparse.Namespace, run: int) -> dict[str, Any]:
+    assert server.process is not None
+    config = {"url": server.url, "token": server.token, "ids": ids, "clients": args.clients,
+              "duration": args.duration, "warmup": args.warmup, "seed": run,
+              "server_pid": server.process.pid}
+    with second_process("get", config) as child:
+        return finish(child)
+
+
+async def hammer(config: dict[str, Any]) -> dict[str, Any]:
+    """The load generator: `clients` keep-alive connections, each one request at a time."""
+    ids: list[str] = config["ids"]
+    headers = {"Authorization": f"Bearer {config['token']}"}
+    latencies: dict[str, list[float]] = {BY_ID: [], LIST: []}
+    failures: Counter[str] = Counter()
+    connections = [
+        httpx.AsyncClient(base_url=config["url"], headers=headers, timeout=30.0,
+                          limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+        for _ in range(config["clients"])
+    ]
+    start = time.perf_counter()
+    measure_from = start + config["warmup"]
+    end = measure_from + config["duration"]
+
+    async def one_client(client: httpx.AsyncClient, rng: random.Random) -> None:
+        while (sent := time.perf_counter()) < end:
+            listing = rng.random() < LIST_SHARE
+            kind = LIST if listing else BY_ID
+            path = "/v1/orchestrations?limit=50" if listing else (
+                f"/v1/orchestrations/{rng.choice(ids)}"
+            )
+            try:
+                response = await client.get(path)
+                await response.aread()
+            except httpx.HTTPError as exc:
+                failures[f"{kind}: {type(exc).__name__}"] += 1
+                continue
+            elapsed = time.perf_counter() - sent
+            if sent < measure_from:
+                continue
+            if response.status_code == 200:
+                latencies[kind].append(elapsed)
+            else:
+                failures[f"{kind}: HTTP {response.status_code}"] += 1
+
+    async def measure_cpu() -> tuple[float, float]:
+        await asyncio.sleep(measure_from - time.perf_counter())
+        mine = resource.getrusage(resource.RUSAGE_SELF)
+        server = cpu_seconds(config["server_pid"])
+        await asyncio.sleep(end - time.perf_counter())
+        mine_after = resource.getrusage(resource.RUSAGE_SELF)
+        mine_s = (mine_after.ru_utime + mine_after.ru_stime) - (mine.ru_utime + mine.ru_stime)
+        return mine_s, cpu_seconds(config["server_pid"]) - server
+
+    rngs = [random.Random(config["seed"] * 10_000 + n) for n in range(len(connections))]
+    cpu = asyncio.create_task(measure_cpu())
+    try:
+        await asyncio.gather(*(one_client(c, r) for c, r in zip(connections, rngs, strict=True)))
+    finally:
+        for c in connections:
+            await c.aclose()
+    generator_cpu, server_cpu = await cpu
+    duration = config["duration"]
+    endpoints = {}
+    for kind, values in latencies.items():
+        values.sort()
+        endpoints[kind] = {"requests": len(values), "rps": len(values) / duration,
+                           "p50_ms": 1000 * percentile(values, 0.50),
+                           "p99_ms": 1000 * percentile(values, 0.99)}
+    return {"endpoints": endpoints, "rps": sum(len(v) for v in latencies.values()) / duration,
+            "failures": dict(failures), "server_cpu": server_cpu / duration,
+            "generator_cpu": generator_cpu / duration}
+
+
+# -- SSE lag --------------------------------------------------------------------------------
+
+
+class MetricsScraper:
+    """Reads the two SSE gauges off /metrics every SCRAPE_SECONDS, in a thread."""
+
+    NAMES = ("jobfleet_sse_clients", "jobfleet_sse_upstreams")
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.samples: list[dict[str, float]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MetricsScraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def scrape(self, client: httpx.Client) -> dict[str, float]:
+        values = {}
+        for line in client.get("/metrics").text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in self.NAMES:
+                values[name] = float(value)
+        return values
+
+    def _run(self) -> None:
+        with self.server.client() as client:
+            while not self._done.is_set():
+                try:
+                    self.samples.append(self.scrape(client))
+                except httpx.HTTPError:
+                    pass
+                self._done.wait(SCRAPE_SECONDS)
+
+
+def sse_run(server: Server, args: argparse.Namespace, run: int) -> dict[str, Any]:
+    rng = random.Random(run)
+    gates = [{"batch": -1 - g, "seconds": args.gate} for g in range(SSE_PARALLELISM)]
+    work = [{"batch": b, "numbers": [b], "seconds": round(rng.uniform(0.01, 0.05), 3)}
+            for b in range(args.sse_params)]
+    config = {"url": server.url, "token": server.token, "clients": args.sse_clients,
+              "gates": SSE_PARALLELISM, "timeout": args.gate + 60.0 + args.sse_params * 0.1}
+    with second_process("sse", config) as child, server.client() as client:
+        assert child.stdout is not None and child.stdin is not None
+        if child.stdout.readline().strip() != "ready":
+            raise SystemExit("the SSE clients' process did not start")
+        with MetricsScraper(server) as scraper:
+            oid = server.kick_off(client, "process_batch", gates + work, SSE_PARALLELISM)
+            child.stdin.write(oid + "\n")
+            result = finish(child)
+        ended = server.wait_ended(client, oid)
+        time.sleep(2 * SCRAPE_SECONDS)  # the feed ends with its last broadcast
+        after = scraper.scrape(client)
+    full = [s for s in scraper.samples if s.get("jobfleet_sse_clients") == args.sse_clients]
+    result.update(
+        status=ended,
+        clients_max=max((s.get("jobfleet_sse_clients", 0) for s in scraper.samples), default=0),
+        upstreams_max=max(
+            (s.get("jobfleet_sse_upstreams", 0) for s in scraper.samples), default=0
+        ),
+        upstreams_with_all_clients=sorted({s.get("jobfleet_sse_upstreams", -1) for s in full}),
+        scrapes=len(scraper.samples),
+        clients_after=after.get("jobfleet_sse_clients"),
+        upstreams_after=after.get("jobfleet_sse_upstreams"),
+    )
+    return result
+
+
+@dataclass(slots=True)
+class Stream:
+    """What one SSE client saw."""
+
+    connected_at: float | None = None
+    transitions: int = 0  # of measured instances (not the gates)
+    gate_transitions: int = 0
+    unstamped: int = 0  # transitions back to Pending (a retry): nothing to measure
+    events: int = 0
+    first_stamp: float = math.inf
+    completed: bool = False
+    error: str | None = None
+    lags: list[float] = field(default_factory=list)  # seconds, one per stamped transition
+
+
+async def follow(client: httpx.AsyncClient, oid: str, gates: int, stream: Stream) -> None:
+    async with client.stream("GET", f"/v1/orchestrations/{oid}/events") as response:
+        if response.status_code != 200:
+            stream.error = f"HTTP {response.status_code}"
+            return
+        event, data = "", ""
+        async for line in response.aiter_lines():
+            if line:
+                name, _, value = line.partition(":")
+                if name == "event":
+                    event = value.strip()
+                elif name == "data":
+                    data = value.removeprefix(" ")
+                continue
+            if not event:
+                continue  # the blank line after a ping comment
+            received = time.time()
+            stream.events += 1
+            if event == "snapshot":
+                stream.connected_at = received
+            elif event == "transition":
+                instance = json.loads(data)
+                status = instance["status"]
+                stamp = instance["finished_at"] if status in TERMINAL else (
+                    instance["started_at"] if status == "InProgress" else None
+                )
+                if instance["index"] < gates:
+                    stream.gate_transitions += 1
+                elif stamp is None:
+                    stream.transitions += 1
+                    stream.unstamped += 1
+                else:
+                    stream.transitions += 1
+                    stream.lags.append(received - stamp)
+                    stream.first_stamp = min(stream.first_stamp, stamp)
+            elif event == "completed":
+                stream.completed = True
+                return
+            elif event == "error":
+                stream.error = data
+                return
+            event, data = "", ""
+
+
+async def listen(config: dict[str, Any]) -> dict[str, Any]:
+    """The SSE clients: connect once the orchestration's id comes on stdin."""
+    print("ready", flush=True)
+    oid = sys.stdin.readline().strip()
+    if not oid:
+        raise SystemExit("no orchestration id on stdin")
+    began = time.time()
+    streams = [Stream() for _ in range(config["clients"])]
+    headers = {"Authorization": f"Bearer {config['token']}"}
+    timeout = httpx.Timeout(30.0, read=None)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+
+    async def one(client: httpx.AsyncClient, stream: Stream) -> None:
+        try:
+            await asyncio.wait_for(follow(client, oid, config["gates"], stream), config["timeout"])
+        except (TimeoutError, httpx.HTTPError) as exc:
+            stream.error = f"{type(exc).__name__}: {exc}"
+
+    async with httpx.AsyncClient(base_url=config["url"], headers=headers, timeout=timeout,
+                                 limits=limits) as client:
+        await asyncio.gather(*(one(client, s) for s in streams))
+
+    lags = sorted(lag for s in streams for lag in s.lags)
+    connected = [s.connected_at for s in streams if s.connected_at is not None]
+    first_stamp = min((s.first_stamp for s in streams), default=math.inf)
+    return {
+        "clients": len(streams),
+        "lag_samples": len(lags),
+        "p50_ms": 1000 * percentile(lags, 0.50),
+        "p99_ms": 1000 * percentile(lags, 0.99),
+        "max_ms": 1000 * lags[-1] if lags else math.nan,
+        "min_ms": 1000 * lags[0] if lags else math.nan,
+        "transitions_per_client": {str(k): v for k, v in
+                                   Counter(s.transitions for s in streams).items()},
+        "gate_transitions_per_client": {str(k): v for k, v in
+                                        Counter(s.gate_transitions for s in streams).items()},
+        "events_per_client": {str(k): v for k, v in Counter(s.events for s in streams).items()},
+        "unstamped": sum(s.unstamped for s in streams),
+        "completed": sum(s.completed for s in streams),
+        "errors": dict(Counter(s.error for s in streams if s.error)),
+        "connect_s": max(connected) - began if connected else math.nan,
+        "connected_late": sum(1 for s in streams
+                              if s.connected_at is None or s.connected_at > first_stamp),
+    }
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
+def summarize(gets: list[dict[str, Any]], sses: list[dict[str, Any]]) -> dict[str, Any]:
+    endpoints = {
+        kind: {key: median([g["endpoints"][kind][key] for g in gets])
+               for key in ("rps", "p50_ms", "p99_ms")}
+        for kind in (BY_ID, LIST)
+    }
+    return {
+        "get": {"endpoints": endpoints, "rps": median([g["rps"] for g in gets]),
+                "server_cpu": median([g["server_cpu"] for g in gets]),
+                "generator_cpu": median([g["generator_cpu"] for g in gets]),
+                "failures": sum(sum(g["failures"].values()) for g in gets)},
+        "sse": {key: median([s[key] for s in sses])
+                for key in ("p50_ms", "p99_ms", "max_ms", "connect_s")},
+    }
+
+
+def problems(args: argparse.Namespace, gets: list[dict[str, Any]],
+             sses: list[dict[str, Any]]) -> list[str]:
+    """What a reader must know before trusting the figures: each is a finding."""
+    found = []
+    for n, g in enumerate(gets, 1):
+        if g["failures"]:
+            found.append(f"GET run {n}: failed requests {g['failures']}")
+    for n, s in enumerate(sses, 1):
+        where = f"SSE run {n}"
+        if len(s["transitions_per_client"]) != 1:
+            found.append(f"{where}: clients got different transition counts "
+                         f"(count: clients) {s['transitions_per_client']}")
+        if s["completed"] != s["clients"]:
+            found.append(f"{where}: {s['clients'] - s['completed']} of {s['clients']} clients"
+                         " got no `completed` event")
+        if s["errors"]:
+            found.append(f"{where}: stream errors {s['errors']}")
+        if s["connected_late"]:
+            found.append(f"{where}: {s['connected_late']} clients connected after the measured"
+                         " work had started; raise --gate")
+        if s["upstreams_with_all_clients"] != [1]:
+            found.append(f"{where}: jobfleet_sse_upstreams with all {s['clients']} clients"
+                         f" connected was {s['upstreams_with_all_clients']}, not [1]"
+                         f" ({s['scrapes']} scrapes; max clients seen {s['clients_max']:g})")
+        if s["upstreams_after"] or s["clients_after"]:
+            found.append(f"{where}: after the clients left, jobfleet_sse_upstreams ="
+                         f" {s['upstreams_after']}, jobfleet_sse_clients = {s['clients_after']}")
+        if s["min_ms"] < 0:
+            found.append(f"{where}: a transition arrived {-s['min_ms']:.1f} ms before its stamp")
+        if s["status"] != "Completed":
+            found.append(f"{where}: the orchestration ended {s['status']}")
+    return found
+
+
+def print_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    m, sses = report["median"], report["sse_runs"]
+    g = m["get"]
+    print(f"jobfleet HTTP API (`jobfleet serve`, local backend, bearer token checked),"
+          f" {report['seeded']} orchestrations; medians of {args.repeat} run(s)")
+    print(f"GET load: {args.clients} keep-alive clients in a second process,"
+          f" {args.duration:g} s per run, by id and list half and half")
+    print(f"  {'endpoint':<34}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}")
+    for kind, e in g["endpoints"].items():
+        print(f"  {kind:<34}{e['rps']:>8.0f}{e['p50_ms']:>9.1f}{e['p99_ms']:>9.1f}")
+    print(f"  {'both':<34}{g['rps']:>8.0f}   (server CPU {100 * g['server_cpu']:.0f} %,"
+          f" load generator {100 * g['generator_cpu']:.0f} %; failed requests {g['failures']})")
+    s = m["sse"]
+    last = sses[-1]
+    counts = ", ".join(f"{k} x{v}" for k, v in last["transitions_per_client"].items())
+    print(f"SSE: {args.sse_clients} clients in a second process on one orchestration"
+          f" (process_batch, {args.sse_params} instances of 10-50 ms, parallelism 2)")
+    print(f"  transition lag p50 / p99 / max      {s['p50_ms']:.1f} / {s['p99_ms']:.1f} /"
+          f" {s['max_ms']:.1f} ms   (runs' p99: "
+          + ", ".join(f"{r['p99_ms']:.1f}" for r in sses) + ")")
+    print(f"  transitions per client (last run)   {counts}   (count x clients);"
+          f" `completed`: {last['completed']} of {last['clients']}")
+    print(f"  all clients connected after         {s['connect_s']:.2f} s")
+    print("  jobfleet_sse_upstreams              with all clients connected "
+          + " | ".join(str([f"{u:g}" for u in r["upstreams_with_all_clients"]]) for r in sses)
+          + f"; max {max(r['upstreams_max'] for r in sses):g}")
+    print(f"  jobfleet_sse_clients (max seen)     {max(r['clients_max'] for r in sses):g}")
+    for problem in report["problems"]:
+        print(f"  ! {problem}")
+    by_id, listing = g["endpoints"][BY_ID], g["endpoints"][LIST]
+    print(f"summary: GET by id p50 {by_id['p50_ms']:.1f} ms / p99 {by_id['p99_ms']:.1f} ms,"
+          f" list p50 {listing['p50_ms']:.1f} ms / p99 {listing['p99_ms']:.1f} ms"
+          f" ({listing['p50_ms'] / by_id['p50_ms']:.1f}x by id) at {g['rps']:.0f} req/s"
+          f" with {args.clients} clients; SSE lag p50 {s['p50_ms']:.1f} ms / p99"
+          f" {s['p99_ms']:.1f} ms over {args.sse_clients} clients on"
+          f" {max(r['upstreams_max'] for r in sses):g} upstream;"
+          f" {len(report['problems'])} problem(s); took {report['elapsed_s']:.0f} s")
+
+
+def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    began = time.perf_counter()
+
+    def progress(text: str) -> None:
+        print(f"[{time.perf_counter() - began:6.1f} s] {text}", file=sys.stderr, flush=True)
+
+    with Server() as server:
+        with server.client() as client:
+            unauthenticated = client.get("/v1/orchestrations?limit=1", headers={
+                "Authorization": ""})
+            if unauthenticated.status_code != 401:
+                raise SystemExit("the server answers without a token: auth is not on the path")
+        progress(f"server up on {server.url}; seeding {args.orchestrations} orchestrations")
+        ids = seed(server, args.orchestrations)
+        gets, sses = [], []
+        for run in range(args.repeat):
+            progress(f"GET load, run {run + 1} of {args.repeat}")
+            gets.append(get_run(server, ids, args, run))
+        for run in range(args.repeat):
+            progress(f"SSE lag, run {run + 1} of {args.repeat}")
+            sses.append(sse_run(server, args, run))
+        progress("done; stopping the server")
+    return {"config": {k: v for k, v in vars(args).items() if not k.endswith("_process")},
+            "seeded": len(ids), "median": summarize(gets, sses), "get_runs": gets,
+            "sse_runs": sses, "problems": problems(args, gets, sses),
+            "elapsed_s": time.perf_counter() - began}
+
+
+def interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orchestrations", type=int, default=200, help="seeded, noop")
+    parser.add_argument("--clients", type=int, default=32, help="GET load connections")
+    parser.add_argument("--duration", type=float, default=10.0, help="GET load seconds per run")
+    parser.add_argument("--warmup", type=float, default=1.0, help="GET load seconds unmeasured")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--sse-clients", type=int, default=200)
+    parser.add_argument("--sse-params", type=int, default=200, help="instances followed")
+    parser.add_argument("--gate", type=float, default=3.0,
+                        help="seconds the SSE clients have to connect before the work starts")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run: "
+                        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()))
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--get-process", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sse-process", action="store_true", help=argparse.SUPPRESS)
+    if "--quick" in sys.argv[1:]:
+        parser.set_defaults(**QUICK)  # what is given explicitly still wins
+    args = parser.parse_args()
+
+    if args.get_process or args.sse_process:
+        config = json.loads(sys.stdin.readline())
+        result = asyncio.run(hammer(config) if args.get_process else listen(config))
+        print(json.dumps(result))
+        return
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        report = benchmark(args)
+    except KeyboardInterrupt:
+        print("interrupted: the server is stopped and its folder removed", file=sys.stderr)
+        raise SystemExit(130) from None
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(args, report)
+
+
+if __name__ == "__main__":
+    main()
