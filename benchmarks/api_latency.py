@@ -34,6 +34,7 @@ import json
 import math
 import os
 import random
+import re
 import resource
 import secrets
 import signal
@@ -63,6 +64,7 @@ SSE_PARALLELISM = 2  # so two gate instances: instance i is in shard i % 2, clai
 SEED_PARAMS = 5  # `noop` instances per seeded orchestration
 SEED_IN_FLIGHT = 4  # seeded orchestrations running at once (each is 2 processes)
 SCRAPE_SECONDS = 0.25
+SSE_EVENT_END = re.compile(rb"\r\n\r\n|\n\n")
 QUICK = {"orchestrations": 20, "duration": 2.0, "warmup": 0.5, "repeat": 1,
          "sse_clients": 50, "sse_params": 40, "gate": 2.0}
 
@@ -375,8 +377,10 @@ def sse_run(server: Server, args: argparse.Namespace, run: int) -> dict[str, Any
     gates = [{"batch": -1 - g, "seconds": args.gate} for g in range(SSE_PARALLELISM)]
     work = [{"batch": b, "numbers": [b], "seconds": round(rng.uniform(0.01, 0.05), 3)}
             for b in range(args.sse_params)]
+    assert server.process is not None
     config = {"url": server.url, "token": server.token, "clients": args.sse_clients,
-              "gates": SSE_PARALLELISM, "timeout": args.gate + 60.0 + args.sse_params * 0.1}
+              "gates": SSE_PARALLELISM, "server_pid": server.process.pid,
+              "timeout": args.gate + 60.0 + args.sse_params * 0.1}
     with second_process("sse", config) as child, server.client() as client:
         assert child.stdout is not None and child.stdin is not None
         if child.stdout.readline().strip() != "ready":
@@ -405,61 +409,60 @@ def sse_run(server: Server, args: argparse.Namespace, run: int) -> dict[str, Any
 
 @dataclass(slots=True)
 class Stream:
-    """What one SSE client saw."""
+    """What one SSE client saw. The bytes are stamped as they arrive and parsed after the
+    run, so that the clients' parsing cannot show up as the server's lag."""
 
+    chunks: list[tuple[float, bytes]] = field(default_factory=list)  # (arrival, bytes)
     connected_at: float | None = None
     transitions: int = 0  # of measured instances (not the gates)
     gate_transitions: int = 0
     unstamped: int = 0  # transitions back to Pending (a retry): nothing to measure
-    events: int = 0
-    first_stamp: float = math.inf
+    events: Counter[str] = field(default_factory=Counter)  # by event type
     completed: bool = False
     error: str | None = None
-    lags: list[float] = field(default_factory=list)  # seconds, one per stamped transition
+    lags: list[tuple[float, float]] = field(default_factory=list)  # (stamp, seconds late)
 
+    async def follow(self, client: httpx.AsyncClient, oid: str) -> None:
+        async with client.stream("GET", f"/v1/orchestrations/{oid}/events") as response:
+            if response.status_code != 200:
+                self.error = f"HTTP {response.status_code}"
+                return
+            async for chunk in response.aiter_raw():
+                self.chunks.append((time.time(), chunk))
+                if self.connected_at is None:
+                    self.connected_at = time.time()  # the snapshot comes first
 
-async def follow(client: httpx.AsyncClient, oid: str, gates: int, stream: Stream) -> None:
-    async with client.stream("GET", f"/v1/orchestrations/{oid}/events") as response:
-        if response.status_code != 200:
-            stream.error = f"HTTP {response.status_code}"
-            return
-        event, data = "", ""
-        async for line in response.aiter_lines():
-            if line:
-                name, _, value = line.partition(":")
-                if name == "event":
-                    event = value.strip()
-                elif name == "data":
-                    data = value.removeprefix(" ")
-                continue
-            if not event:
-                continue  # the blank line after a ping comment
-            received = time.time()
-            stream.events += 1
-            if event == "snapshot":
-                stream.connected_at = received
-            elif event == "transition":
-                instance = json.loads(data)
-                status = instance["status"]
-                stamp = instance["finished_at"] if status in TERMINAL else (
-                    instance["started_at"] if status == "InProgress" else None
-                )
-                if instance["index"] < gates:
-                    stream.gate_transitions += 1
-                elif stamp is None:
-                    stream.transitions += 1
-                    stream.unstamped += 1
-                else:
-                    stream.transitions += 1
-                    stream.lags.append(received - stamp)
-                    stream.first_stamp = min(stream.first_stamp, stamp)
-            elif event == "completed":
-                stream.completed = True
-                return
-            elif event == "error":
-                stream.error = data
-                return
-            event, data = "", ""
+    def parse(self, gates: int) -> None:
+        buffer = b""
+        for received, chunk in self.chunks:
+            *whole, buffer = SSE_EVENT_END.split(buffer + chunk)
+            for block in whole:
+                self._event(block.decode(), received, gates)
+
+    def _event(self, block: str, received: float, gates: int) -> None:
+        fields = dict(line.partition(":")[::2] for line in block.splitlines())
+        event, data = fields.get("event", "").strip(), fields.get("data", "").removeprefix(" ")
+        if not event:
+            return  # a ping comment
+        self.events[event] += 1
+        if event == "completed":
+            self.completed = True
+        elif event == "error":
+            self.error = data
+        elif event == "transition":
+            instance = json.loads(data)
+            status = instance["status"]
+            stamp = instance["finished_at"] if status in TERMINAL else (
+                instance["started_at"] if status == "InProgress" else None
+            )
+            if instance["index"] < gates:
+                self.gate_transitions += 1
+            elif stamp is None:
+                self.transitions += 1
+                self.unstamped += 1
+            else:
+                self.transitions += 1
+                self.lags.append((stamp, received - stamp))
 
 
 async def listen(config: dict[str, Any]) -> dict[str, Any]:
@@ -469,6 +472,7 @@ async def listen(config: dict[str, Any]) -> dict[str, Any]:
     if not oid:
         raise SystemExit("no orchestration id on stdin")
     began = time.time()
+    mine, server = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(config["server_pid"])
     streams = [Stream() for _ in range(config["clients"])]
     headers = {"Authorization": f"Bearer {config['token']}"}
     timeout = httpx.Timeout(30.0, read=None)
@@ -476,17 +480,26 @@ async def listen(config: dict[str, Any]) -> dict[str, Any]:
 
     async def one(client: httpx.AsyncClient, stream: Stream) -> None:
         try:
-            await asyncio.wait_for(follow(client, oid, config["gates"], stream), config["timeout"])
+            await asyncio.wait_for(stream.follow(client, oid), config["timeout"])
         except (TimeoutError, httpx.HTTPError) as exc:
             stream.error = f"{type(exc).__name__}: {exc}"
 
     async with httpx.AsyncClient(base_url=config["url"], headers=headers, timeout=timeout,
                                  limits=limits) as client:
         await asyncio.gather(*(one(client, s) for s in streams))
+    wall = time.time() - began
+    mine_after = resource.getrusage(resource.RUSAGE_SELF)
+    server_cpu = cpu_seconds(config["server_pid"]) - server
+    clients_cpu = (mine_after.ru_utime + mine_after.ru_stime) - (mine.ru_utime + mine.ru_stime)
+    for stream in streams:
+        stream.parse(config["gates"])
 
-    lags = sorted(lag for s in streams for lag in s.lags)
+    stamped = sorted(pair for s in streams for pair in s.lags)
+    lags = sorted(lag for _, lag in stamped)
     connected = [s.connected_at for s in streams if s.connected_at is not None]
-    first_stamp = min((s.first_stamp for s in streams), default=math.inf)
+    first_stamp = stamped[0][0] if stamped else math.inf
+    fifths = [sorted(lag for _, lag in stamped[i * len(stamped) // 5:(i + 1) * len(stamped) // 5])
+              for i in range(5)]
     return {
         "clients": len(streams),
         "lag_samples": len(lags),
@@ -498,7 +511,14 @@ async def listen(config: dict[str, Any]) -> dict[str, Any]:
                                    Counter(s.transitions for s in streams).items()},
         "gate_transitions_per_client": {str(k): v for k, v in
                                         Counter(s.gate_transitions for s in streams).items()},
-        "events_per_client": {str(k): v for k, v in Counter(s.events for s in streams).items()},
+        "p50_ms_by_fifth_of_run": [1000 * percentile(f, 0.50) for f in fifths],
+        "events_per_client": {
+            kind: {str(k): v for k, v in Counter(s.events[kind] for s in streams).items()}
+            for kind in sorted({k for s in streams for k in s.events})
+        },
+        "server_cpu": server_cpu / wall,
+        "clients_cpu": clients_cpu / wall,
+        "wall_s": wall,
         "unstamped": sum(s.unstamped for s in streams),
         "completed": sum(s.completed for s in streams),
         "errors": dict(Counter(s.error for s in streams if s.error)),

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from google.cloud import firestore
 
-from conftest import TESTS, Emulators
+from conftest import TESTS, Emulators, ServerFactory
 from jobfleet import JobCompletedEvent, JobFleet, Status, cloud_function
 from jobfleet.backends.gcp.firestore_store import FirestoreStore
 from jobfleet.backends.gcp.pubsub import EventSubscriber, ensure_subscription
@@ -337,3 +337,35 @@ def test_dev_up_refuses_an_emulator_without_the_relay_it_sends_to(
     assert "no trigger relay answers at JOBFLEET_TRIGGER_RELAY=(unset)" in up.stderr
     assert not (tmp_path / "dev" / "stack.json").exists()
 
+
+
+def test_the_http_api_follows_a_fan_out_live_on_the_google_cloud_shape(
+    stack: dict[str, str], serve: ServerFactory
+) -> None:
+    """The API on the gcp backend: kick-off over HTTP starts Cloud Run tasks, the live
+    events come from Firestore listeners, and the results carry the params."""
+    import httpx
+
+    from sse_client import events
+
+    server = serve(token="gcp-api-token",
+                   env=_env_with_tests({**stack, "JOBFLEET_JOBS": "sample_jobs"}))
+    assert httpx.get(server.url + "/healthz", timeout=30).json()["backend"] == "gcp"
+    params = [{"n": n, "fail": n == 3} for n in range(12)]
+    created = httpx.post(server.url + "/v1/orchestrations", headers=server.headers(),
+                         json={"job_name": "maybe_fail", "params": params}, timeout=60)
+    assert created.status_code == 202, created.text
+    oid = created.json()["orchestration_id"]
+
+    with httpx.stream("GET", server.url + f"/v1/orchestrations/{oid}/events",
+                      headers=server.headers(), timeout=300) as reply:
+        stream = list(events(reply.iter_lines()))
+
+    assert stream[0].event == "snapshot" and stream[-1].event == "completed"
+    assert (stream[-1].data["status"], stream[-1].data["failed"]) == ("Errored", 1)
+    final = {e.data["index"]: e.data["status"] for e in stream if e.event == "transition"}
+    assert final == {n: "Errored" if n == 3 else "Completed" for n in range(12)}
+    results = httpx.get(server.url + f"/v1/orchestrations/{oid}/results",
+                        headers=server.headers(), timeout=60).json()
+    assert [f["params"] for f in results["failures"]] == [{"n": 3, "fail": True}]
+    assert len(results["successes"]) == 11

@@ -164,10 +164,11 @@
     let busy = false;
 
     function row(o) {
-      const tr = el("tr", { "data-testid": "orchestration-row", "data-orchestration-id": o.orchestration_id },
+      const id = o.orchestration_id;
+      return el("tr", { "data-testid": "orchestration-row", "data-orchestration-id": id },
         el("td", {},
           el("a", { href: o.links.dashboard, "data-testid": "orchestration-link" }, o.job_name),
-          el("code", { class: "id", text: o.orchestration_id.slice(0, 8), title: o.orchestration_id })),
+          el("code", { class: "id", text: id.slice(0, 8), title: id })),
         el("td", {}, el("span", { "data-testid": "status" })),
         el("td", {}, progressBar()),
         el("td", { class: "row-counts" },
@@ -180,7 +181,6 @@
           el("span", { "data-testid": "count-total" })),
         el("td", { class: "when", "data-testid": "created-at" }),
         el("td", { "data-testid": "tags" }));
-      return tr;
     }
 
     function fill(tr, o) {
@@ -354,7 +354,8 @@
       }
       return el("tr", { "data-testid": "failure-row", "data-index": f.index },
         el("td", { class: "num", "data-testid": "failure-index", text: String(f.index) }),
-        el("td", {}, el("pre", { "data-testid": "failure-params", text: JSON.stringify(f.params) })),
+        el("td", {},
+          el("pre", { "data-testid": "failure-params", text: JSON.stringify(f.params) })),
         cell,
         el("td", { class: "num", "data-testid": "failure-attempts", text: String(f.attempts) }),
         el("td", { "data-testid": "failure-status", text: f.status }));
