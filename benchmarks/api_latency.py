@@ -48,10 +48,10 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -64,8 +64,9 @@ SSE_PARALLELISM = 2  # so two gate instances: instance i is in shard i % 2, clai
 SEED_PARAMS = 5  # `noop` instances per seeded orchestration
 SEED_IN_FLIGHT = 4  # seeded orchestrations running at once (each is 2 processes)
 SCRAPE_SECONDS = 0.25
+SOLO_WARMUP = 0.2  # seconds of the lone client's requests left out
 SSE_EVENT_END = re.compile(rb"\r\n\r\n|\n\n")
-QUICK = {"orchestrations": 20, "duration": 2.0, "warmup": 0.5, "repeat": 1,
+QUICK = {"orchestrations": 20, "duration": 2.0, "warmup": 0.5, "solo": 1.0, "repeat": 1,
          "sse_clients": 50, "sse_params": 40, "gate": 2.0}
 
 
@@ -262,27 +263,26 @@ def get_run(server: Server, ids: list[str], args: argparse.Namespace, run: int) 
     assert server.process is not None
     config = {"url": server.url, "token": server.token, "ids": ids, "clients": args.clients,
               "duration": args.duration, "warmup": args.warmup, "seed": run,
+              "solo": args.solo,
               "server_pid": server.process.pid}
     with second_process("get", config) as child:
         return finish(child)
 
 
 async def hammer(config: dict[str, Any]) -> dict[str, Any]:
-    """The load generator: `clients` keep-alive connections, each one request at a time."""
+    """The load generator: first one client alone (the unloaded latency), then `clients`
+    keep-alive connections at once, each one request at a time."""
     ids: list[str] = config["ids"]
     headers = {"Authorization": f"Bearer {config['token']}"}
-    latencies: dict[str, list[float]] = {BY_ID: [], LIST: []}
     failures: Counter[str] = Counter()
     connections = [
         httpx.AsyncClient(base_url=config["url"], headers=headers, timeout=30.0,
                           limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
         for _ in range(config["clients"])
     ]
-    start = time.perf_counter()
-    measure_from = start + config["warmup"]
-    end = measure_from + config["duration"]
 
-    async def one_client(client: httpx.AsyncClient, rng: random.Random) -> None:
+    async def one_client(client: httpx.AsyncClient, rng: random.Random, measure_from: float,
+                         end: float, latencies: dict[str, list[float]]) -> None:
         while (sent := time.perf_counter()) < end:
             listing = rng.random() < LIST_SHARE
             kind = LIST if listing else BY_ID
@@ -303,31 +303,41 @@ async def hammer(config: dict[str, Any]) -> dict[str, Any]:
             else:
                 failures[f"{kind}: HTTP {response.status_code}"] += 1
 
-    async def measure_cpu() -> tuple[float, float]:
-        await asyncio.sleep(measure_from - time.perf_counter())
-        mine = resource.getrusage(resource.RUSAGE_SELF)
-        server = cpu_seconds(config["server_pid"])
-        await asyncio.sleep(end - time.perf_counter())
-        mine_after = resource.getrusage(resource.RUSAGE_SELF)
-        mine_s = (mine_after.ru_utime + mine_after.ru_stime) - (mine.ru_utime + mine.ru_stime)
-        return mine_s, cpu_seconds(config["server_pid"]) - server
+    def summary(latencies: dict[str, list[float]], duration: float) -> dict[str, Any]:
+        endpoints = {}
+        for kind, values in latencies.items():
+            values.sort()
+            endpoints[kind] = {"requests": len(values), "rps": len(values) / duration,
+                               "p50_ms": 1000 * percentile(values, 0.50),
+                               "p99_ms": 1000 * percentile(values, 0.99)}
+        return endpoints
 
     rngs = [random.Random(config["seed"] * 10_000 + n) for n in range(len(connections))]
-    cpu = asyncio.create_task(measure_cpu())
     try:
-        await asyncio.gather(*(one_client(c, r) for c, r in zip(connections, rngs, strict=True)))
+        alone: dict[str, list[float]] = {BY_ID: [], LIST: []}
+        start = time.perf_counter()
+        await one_client(connections[0], random.Random(-1 - config["seed"]),
+                         start + SOLO_WARMUP, start + SOLO_WARMUP + config["solo"], alone)
+
+        loaded: dict[str, list[float]] = {BY_ID: [], LIST: []}
+        start = time.perf_counter()
+        measure_from = start + config["warmup"]
+        end = measure_from + config["duration"]
+        clients = asyncio.gather(*(one_client(c, r, measure_from, end, loaded)
+                                   for c, r in zip(connections, rngs, strict=True)))
+        await asyncio.sleep(measure_from - time.perf_counter())
+        mine, server = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(config["server_pid"])
+        await asyncio.sleep(end - time.perf_counter())
+        mine_after = resource.getrusage(resource.RUSAGE_SELF)
+        server_cpu = cpu_seconds(config["server_pid"]) - server
+        await clients
     finally:
         for c in connections:
             await c.aclose()
-    generator_cpu, server_cpu = await cpu
+    generator_cpu = (mine_after.ru_utime + mine_after.ru_stime) - (mine.ru_utime + mine.ru_stime)
     duration = config["duration"]
-    endpoints = {}
-    for kind, values in latencies.items():
-        values.sort()
-        endpoints[kind] = {"requests": len(values), "rps": len(values) / duration,
-                           "p50_ms": 1000 * percentile(values, 0.50),
-                           "p99_ms": 1000 * percentile(values, 0.99)}
-    return {"endpoints": endpoints, "rps": sum(len(v) for v in latencies.values()) / duration,
+    return {"alone": summary(alone, config["solo"]), "endpoints": summary(loaded, duration),
+            "rps": sum(len(v) for v in loaded.values()) / duration,
             "failures": dict(failures), "server_cpu": server_cpu / duration,
             "generator_cpu": generator_cpu / duration}
 
@@ -407,35 +417,53 @@ def sse_run(server: Server, args: argparse.Namespace, run: int) -> dict[str, Any
     return result
 
 
-@dataclass(slots=True)
-class Stream:
-    """What one SSE client saw. The bytes are stamped as they arrive and parsed after the
-    run, so that the clients' parsing cannot show up as the server's lag."""
+class Stream(asyncio.Protocol):
+    """One SSE client, as a bare protocol that only stamps bytes as they arrive (through
+    httpx, the clients spent about as much CPU per event as the server did). The bytes
+    are parsed after the run, so the clients' own work cannot pass for the server's lag."""
 
-    chunks: list[tuple[float, bytes]] = field(default_factory=list)  # (arrival, bytes)
-    connected_at: float | None = None
-    transitions: int = 0  # of measured instances (not the gates)
-    gate_transitions: int = 0
-    unstamped: int = 0  # transitions back to Pending (a retry): nothing to measure
-    events: Counter[str] = field(default_factory=Counter)  # by event type
-    completed: bool = False
-    error: str | None = None
-    lags: list[tuple[float, float]] = field(default_factory=list)  # (stamp, seconds late)
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.arrivals: list[tuple[float, bytes]] = []
+        self.ended = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.BaseTransport | None = None
+        self.connected_at: float | None = None  # when the snapshot came
+        self.order: list[tuple[int, str]] = []  # the measured transitions, as they came
+        self.gate_transitions = 0
+        self.unstamped = 0  # transitions back to Pending (a retry): nothing to measure
+        self.events: Counter[str] = Counter()  # by event type
+        self.completed = False
+        self.error: str | None = None
+        self.lags: list[tuple[float, float]] = []  # (stamp, seconds late)
 
-    async def follow(self, client: httpx.AsyncClient, oid: str) -> None:
-        async with client.stream("GET", f"/v1/orchestrations/{oid}/events") as response:
-            if response.status_code != 200:
-                self.error = f"HTTP {response.status_code}"
-                return
-            async for chunk in response.aiter_raw():
-                self.chunks.append((time.time(), chunk))
-                if self.connected_at is None:
-                    self.connected_at = time.time()  # the snapshot comes first
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.arrivals.append((time.time(), data))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
 
     def parse(self, gates: int) -> None:
-        buffer = b""
-        for received, chunk in self.chunks:
-            *whole, buffer = SSE_EVENT_END.split(buffer + chunk)
+        raw, body, chunked, head = b"", b"", False, None
+        for received, data in self.arrivals:
+            raw += data
+            if head is None:
+                head, sep, rest = raw.partition(b"\r\n\r\n")
+                if not sep:
+                    head = None
+                    continue
+                status = head.split(b" ", 2)[1].decode()
+                if status != "200":
+                    self.error = f"HTTP {status}"
+                    return
+                chunked, raw = b"transfer-encoding: chunked" in head.lower(), rest
+            new, raw = dechunk(raw) if chunked else (raw, b"")
+            *whole, body = SSE_EVENT_END.split(body + new)
             for block in whole:
                 self._event(block.decode(), received, gates)
 
@@ -445,7 +473,9 @@ class Stream:
         if not event:
             return  # a ping comment
         self.events[event] += 1
-        if event == "completed":
+        if event == "snapshot":
+            self.connected_at = received
+        elif event == "completed":
             self.completed = True
         elif event == "error":
             self.error = data
@@ -457,12 +487,27 @@ class Stream:
             )
             if instance["index"] < gates:
                 self.gate_transitions += 1
-            elif stamp is None:
-                self.transitions += 1
+                return
+            self.order.append((instance["index"], status))
+            if stamp is None:
                 self.unstamped += 1
             else:
-                self.transitions += 1
                 self.lags.append((stamp, received - stamp))
+
+
+def dechunk(raw: bytes) -> tuple[bytes, bytes]:
+    """HTTP/1.1 chunked transfer coding: (the whole chunks' data, what is left over)."""
+    out, pos = [], 0
+    while (line_end := raw.find(b"\r\n", pos)) >= 0:
+        size = int(raw[pos:line_end].split(b";")[0], 16)
+        start = line_end + 2
+        if len(raw) < start + size + 2:
+            break
+        out.append(raw[start:start + size])
+        pos = start + size + 2
+        if size == 0:
+            break
+    return b"".join(out), raw[pos:]
 
 
 async def listen(config: dict[str, Any]) -> dict[str, Any]:
@@ -471,22 +516,27 @@ async def listen(config: dict[str, Any]) -> dict[str, Any]:
     oid = sys.stdin.readline().strip()
     if not oid:
         raise SystemExit("no orchestration id on stdin")
+    url = urlsplit(config["url"])
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    request = (f"GET /v1/orchestrations/{oid}/events HTTP/1.1\r\nHost: {url.netloc}\r\n"
+               f"Authorization: Bearer {config['token']}\r\nAccept: text/event-stream\r\n"
+               "Connection: close\r\n\r\n").encode()
     began = time.time()
     mine, server = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(config["server_pid"])
-    streams = [Stream() for _ in range(config["clients"])]
-    headers = {"Authorization": f"Bearer {config['token']}"}
-    timeout = httpx.Timeout(30.0, read=None)
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+    streams = [Stream(request) for _ in range(config["clients"])]
+    loop = asyncio.get_running_loop()
 
-    async def one(client: httpx.AsyncClient, stream: Stream) -> None:
+    async def one(stream: Stream) -> None:
         try:
-            await asyncio.wait_for(stream.follow(client, oid), config["timeout"])
-        except (TimeoutError, httpx.HTTPError) as exc:
+            await loop.create_connection(lambda: stream, host, port)
+            await asyncio.wait_for(stream.ended, config["timeout"])
+        except (OSError, TimeoutError) as exc:
             stream.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if stream.transport is not None:
+                stream.transport.close()
 
-    async with httpx.AsyncClient(base_url=config["url"], headers=headers, timeout=timeout,
-                                 limits=limits) as client:
-        await asyncio.gather(*(one(client, s) for s in streams))
+    await asyncio.gather(*(one(s) for s in streams))
     wall = time.time() - began
     mine_after = resource.getrusage(resource.RUSAGE_SELF)
     server_cpu = cpu_seconds(config["server_pid"]) - server
@@ -508,7 +558,8 @@ async def listen(config: dict[str, Any]) -> dict[str, Any]:
         "max_ms": 1000 * lags[-1] if lags else math.nan,
         "min_ms": 1000 * lags[0] if lags else math.nan,
         "transitions_per_client": {str(k): v for k, v in
-                                   Counter(s.transitions for s in streams).items()},
+                                   Counter(len(s.order) for s in streams).items()},
+        "distinct_orders": len({tuple(s.order) for s in streams}),
         "gate_transitions_per_client": {str(k): v for k, v in
                                         Counter(s.gate_transitions for s in streams).items()},
         "p50_ms_by_fifth_of_run": [1000 * percentile(f, 0.50) for f in fifths],
@@ -532,18 +583,20 @@ async def listen(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarize(gets: list[dict[str, Any]], sses: list[dict[str, Any]]) -> dict[str, Any]:
-    endpoints = {
-        kind: {key: median([g["endpoints"][kind][key] for g in gets])
-               for key in ("rps", "p50_ms", "p99_ms")}
-        for kind in (BY_ID, LIST)
-    }
+    def medians(phase: str) -> dict[str, dict[str, float]]:
+        return {kind: {key: median([g[phase][kind][key] for g in gets])
+                       for key in ("rps", "p50_ms", "p99_ms")}
+                for kind in (BY_ID, LIST)}
+
     return {
-        "get": {"endpoints": endpoints, "rps": median([g["rps"] for g in gets]),
+        "get": {"endpoints": medians("endpoints"), "alone": medians("alone"),
+                "rps": median([g["rps"] for g in gets]),
                 "server_cpu": median([g["server_cpu"] for g in gets]),
                 "generator_cpu": median([g["generator_cpu"] for g in gets]),
                 "failures": sum(sum(g["failures"].values()) for g in gets)},
         "sse": {key: median([s[key] for s in sses])
-                for key in ("p50_ms", "p99_ms", "max_ms", "connect_s")},
+                for key in ("p50_ms", "p99_ms", "max_ms", "connect_s", "server_cpu",
+                            "clients_cpu")},
     }
 
 
@@ -559,6 +612,9 @@ def problems(args: argparse.Namespace, gets: list[dict[str, Any]],
         if len(s["transitions_per_client"]) != 1:
             found.append(f"{where}: clients got different transition counts "
                          f"(count: clients) {s['transitions_per_client']}")
+        if s["distinct_orders"] > 1 and len(s["transitions_per_client"]) == 1:
+            found.append(f"{where}: clients got the same number of transitions but in"
+                         f" {s['distinct_orders']} different orders or contents")
         if s["completed"] != s["clients"]:
             found.append(f"{where}: {s['clients'] - s['completed']} of {s['clients']} clients"
                          " got no `completed` event")
@@ -583,39 +639,43 @@ def problems(args: argparse.Namespace, gets: list[dict[str, Any]],
 
 def print_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
     m, sses = report["median"], report["sse_runs"]
-    g = m["get"]
+    g, s, last = m["get"], m["sse"], sses[-1]
     print(f"jobfleet HTTP API (`jobfleet serve`, local backend, bearer token checked),"
           f" {report['seeded']} orchestrations; medians of {args.repeat} run(s)")
-    print(f"GET load: {args.clients} keep-alive clients in a second process,"
-          f" {args.duration:g} s per run, by id and list half and half")
-    print(f"  {'endpoint':<34}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}")
+    print(f"GET: one client alone for {args.solo:g} s, then {args.clients} keep-alive clients"
+          f" for {args.duration:g} s, in a second process; by id and list half and half")
+    print(f"  {'endpoint':<34}{'alone p50':>10}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
+          f"{'p50 / alone':>13}")
     for kind, e in g["endpoints"].items():
-        print(f"  {kind:<34}{e['rps']:>8.0f}{e['p50_ms']:>9.1f}{e['p99_ms']:>9.1f}")
-    print(f"  {'both':<34}{g['rps']:>8.0f}   (server CPU {100 * g['server_cpu']:.0f} %,"
-          f" load generator {100 * g['generator_cpu']:.0f} %; failed requests {g['failures']})")
-    s = m["sse"]
-    last = sses[-1]
+        alone = g["alone"][kind]["p50_ms"]
+        print(f"  {kind:<34}{alone:>10.1f}{e['rps']:>8.0f}{e['p50_ms']:>8.1f}{e['p99_ms']:>8.1f}"
+              f"{e['p50_ms'] / alone:>12.0f}x")
+    print(f"  {'both':<34}{'':>10}{g['rps']:>8.0f}   server CPU {100 * g['server_cpu']:.0f} %,"
+          f" load generator {100 * g['generator_cpu']:.0f} %; failed requests {g['failures']}")
     counts = ", ".join(f"{k} x{v}" for k, v in last["transitions_per_client"].items())
     print(f"SSE: {args.sse_clients} clients in a second process on one orchestration"
           f" (process_batch, {args.sse_params} instances of 10-50 ms, parallelism 2)")
     print(f"  transition lag p50 / p99 / max      {s['p50_ms']:.1f} / {s['p99_ms']:.1f} /"
-          f" {s['max_ms']:.1f} ms   (runs' p99: "
-          + ", ".join(f"{r['p99_ms']:.1f}" for r in sses) + ")")
-    print(f"  transitions per client (last run)   {counts}   (count x clients);"
-          f" `completed`: {last['completed']} of {last['clients']}")
-    print(f"  all clients connected after         {s['connect_s']:.2f} s")
-    print("  jobfleet_sse_upstreams              with all clients connected "
-          + " | ".join(str([f"{u:g}" for u in r["upstreams_with_all_clients"]]) for r in sses)
-          + f"; max {max(r['upstreams_max'] for r in sses):g}")
-    print(f"  jobfleet_sse_clients (max seen)     {max(r['clients_max'] for r in sses):g}")
+          f" {s['max_ms']:.1f} ms   (each run's p99: "
+          + ", ".join(f"{r['p99_ms']:.0f}" for r in sses) + ")")
+    print(f"  transitions per client (last run)   {counts} (count x clients) of"
+          f" {2 * args.sse_params} possible; `completed`: {last['completed']} of"
+          f" {last['clients']}")
+    print(f"  all clients connected after         {s['connect_s']:.2f} s;"
+          f" server CPU {100 * s['server_cpu']:.0f} %, clients {100 * s['clients_cpu']:.0f} %")
+    print("  jobfleet_sse_upstreams              with all clients connected: "
+          + " | ".join(",".join(f"{u:g}" for u in r["upstreams_with_all_clients"]) for r in sses)
+          + f" (per run); max {max(r['upstreams_max'] for r in sses):g}; after: "
+          + " | ".join(f"{r['upstreams_after']:g}" for r in sses))
+    print(f"  jobfleet_sse_clients                max {max(r['clients_max'] for r in sses):g};"
+          " after: " + " | ".join(f"{r['clients_after']:g}" for r in sses))
     for problem in report["problems"]:
         print(f"  ! {problem}")
     by_id, listing = g["endpoints"][BY_ID], g["endpoints"][LIST]
-    print(f"summary: GET by id p50 {by_id['p50_ms']:.1f} ms / p99 {by_id['p99_ms']:.1f} ms,"
-          f" list p50 {listing['p50_ms']:.1f} ms / p99 {listing['p99_ms']:.1f} ms"
-          f" ({listing['p50_ms'] / by_id['p50_ms']:.1f}x by id) at {g['rps']:.0f} req/s"
-          f" with {args.clients} clients; SSE lag p50 {s['p50_ms']:.1f} ms / p99"
-          f" {s['p99_ms']:.1f} ms over {args.sse_clients} clients on"
+    print(f"summary: {g['rps']:.0f} GET/s with {args.clients} clients; by id p50"
+          f" {by_id['p50_ms']:.1f} ms / p99 {by_id['p99_ms']:.1f} ms, list p50"
+          f" {listing['p50_ms']:.1f} / p99 {listing['p99_ms']:.1f} ms; SSE lag p50"
+          f" {s['p50_ms']:.1f} / p99 {s['p99_ms']:.1f} ms with {args.sse_clients} clients on"
           f" {max(r['upstreams_max'] for r in sses):g} upstream;"
           f" {len(report['problems'])} problem(s); took {report['elapsed_s']:.0f} s")
 
@@ -658,6 +718,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32, help="GET load connections")
     parser.add_argument("--duration", type=float, default=10.0, help="GET load seconds per run")
     parser.add_argument("--warmup", type=float, default=1.0, help="GET load seconds unmeasured")
+    parser.add_argument("--solo", type=float, default=3.0,
+                        help="seconds of one client alone before the GET load (unloaded latency)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sse-clients", type=int, default=200)
     parser.add_argument("--sse-params", type=int, default=200, help="instances followed")

@@ -117,6 +117,8 @@ def test_history_pages_newest_first_and_filters_by_job_and_status(serve: ServerF
 
     listed = [o["orchestration_id"] for o in first["orchestrations"] + second["orchestrations"]]
     assert listed == ids[::-1] and second["next_page_token"] is None
+    exactly_full = get(server, "/v1/orchestrations", job_name="greet", limit=5)
+    assert len(exactly_full["orchestrations"]) == 5 and exactly_full["next_page_token"] is None
     errored = get(server, "/v1/orchestrations", status="Errored")["orchestrations"]
     assert [o["orchestration_id"] for o in errored] == [other]
 

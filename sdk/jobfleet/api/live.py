@@ -138,7 +138,7 @@ class OrchestrationFeed:
                     break
         except Exception:
             log.exception("the live feed of orchestration %s failed", self.orchestration.id)
-            self._broadcast([LiveEvent.of("error", {"error": {
+            self._broadcast([LiveEvent.of("feed_error", {"error": {
                 "code": "feed_failed", "message": "the live feed failed; reconnect to resume",
             }})], final=True)
         finally:
@@ -199,7 +199,7 @@ class LiveHub:
                     if event.id is not None and event.id in sent:
                         continue
                     yield event
-                    if event.event in ("completed", "error"):
+                    if event.event in ("completed", "feed_error"):
                         return
         finally:
             feed.unsubscribe(subscriber)

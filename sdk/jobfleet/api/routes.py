@@ -100,14 +100,14 @@ def history(
 ) -> dict[str, Any]:
     try:
         page = fleet_of(request).history(
-            limit=limit, job_name=job_name, status=status,
+            limit=limit + 1, job_name=job_name, status=status,
             tag=None if tag is None else parse_tag_filter(tag), before=page_token,
         )
     except UnknownOrchestration:
         raise UnknownPageToken(page_token or "") from None
-    return {
-        "orchestrations": [orchestration_json(s) for s in page],
-        "next_page_token": page[-1].id if len(page) == limit else None,
+    return {  # one more than asked for says whether another page follows
+        "orchestrations": [orchestration_json(s) for s in page[:limit]],
+        "next_page_token": page[limit - 1].id if len(page) > limit else None,
     }
 
 
@@ -132,11 +132,11 @@ def jobs(
 ) -> dict[str, Any]:
     after = -1 if page_token is None else int(page_token)
     page: list[JobInstance] = fleet_of(request).orchestration(orchestration_id).instances(
-        status=status, after_index=after, limit=limit
+        status=status, after_index=after, limit=limit + 1
     )
     return {
-        "jobs": [i.to_json() for i in page],
-        "next_page_token": str(page[-1].index) if len(page) == limit else None,
+        "jobs": [i.to_json() for i in page[:limit]],
+        "next_page_token": str(page[limit - 1].index) if len(page) > limit else None,
     }
 
 

@@ -388,13 +388,12 @@
         ended("Finished");
         loadFailures();
       });
-      mine.addEventListener("error", (e) => {
-        if (e.data) {
-          // The server's own `error` event: its feed failed and it ends the stream;
-          // the browser reconnects and resumes after the last event it saw.
-          liveState.textContent = "Reconnecting…";
-          return;
-        }
+      mine.addEventListener("feed_error", () => {
+        // The server's feed failed and it ends the stream; the browser reconnects and
+        // resumes after the last event it saw.
+        liveState.textContent = "Reconnecting…";
+      });
+      mine.addEventListener("error", () => {
         if (mine.readyState === EventSource.CLOSED && source === mine) {
           // The server refused the stream (not just a dropped connection): start over
           // from the orchestration's status in a moment.
