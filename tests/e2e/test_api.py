@@ -369,3 +369,27 @@ def test_google_id_tokens_are_checked_for_audience_expiry_and_principal(
     finally:
         certs.shutdown()
         certs.server_close()
+
+
+def test_metrics_count_instances_dead_letters_and_requests(serve: ServerFactory) -> None:
+    server = serve()
+    oid = kick_off(server, "maybe_fail", [{"n": n, "fail": n < 2} for n in range(8)])[
+        "orchestration_id"]
+    assert eventually(lambda: get(server, f"/v1/orchestrations/{oid}")["status"] == "Errored",
+                      timeout=60)
+
+    text = httpx.get(server.url + "/metrics", timeout=30).text
+
+    def value(series: str) -> float:
+        found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
+        assert found, f"{series} not in /metrics:\n{text}"
+        return float(found.group(1))
+
+    assert value('jobfleet_instances{job_name="maybe_fail",status="Completed"}') == 6
+    assert value('jobfleet_instances{job_name="maybe_fail",status="Errored"}') == 2
+    assert value('jobfleet_dead_letter_ratio{job_name="maybe_fail"}') == 0.25
+    assert value('jobfleet_orchestrations{job_name="maybe_fail",status="Errored"}') == 1
+    assert value('jobfleet_orchestration_duration_seconds_count{job_name="maybe_fail"}') == 1
+    assert value('jobfleet_throughput_instances_per_second{job_name="maybe_fail"}') > 0
+    assert value('jobfleet_http_request_duration_seconds_count{method="POST",'
+                 'route="/v1/orchestrations",status="202"}') == 1

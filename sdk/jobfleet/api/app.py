@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -267,11 +266,6 @@ class RequestTiming:
         try:
             await self.app(scope, receive, sending)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            metrics = getattr(scope.get("app"), "state", None)
-            recorder: Callable[..., Awaitable[None] | None] | None = getattr(
-                getattr(metrics, "metrics", None), "observe", None
-            )
-            if recorder is not None:
-                recorder(scope["method"], template, status, started)
+            metrics: Metrics = scope["app"].state.metrics
+            template = getattr(scope.get("route"), "path", "unmatched")
+            metrics.observe(scope["method"], template, status, started)
