@@ -7,21 +7,23 @@
 Runs against a real `python -m jobfleet serve` on the local backend, in a temporary
 JOBFLEET_HOME, with JOBFLEET_API_TOKEN set so that every request is authenticated. The
 server first gets --orchestrations small `noop` fan-outs, run to the end. Then, --repeat
-times each:
+times each, with the clients in a second process (this script again):
 
-GET load: a second process runs --clients keep-alive clients for --duration seconds
-(after a warm-up); each request asks, half and half at random, for one seeded
-orchestration by id or for the newest 50. Requests/s and p50/p99 latency per endpoint.
+GET: one client alone for --solo seconds (the unloaded latency), then --clients
+keep-alive clients for --duration seconds after a warm-up; each request asks, half and
+half at random, for one seeded orchestration by id or for the newest 50. Requests/s and
+p50/p99 per endpoint as the clients see them, and the mean time inside the app from the
+server's own /metrics histogram (the rest is waiting in uvicorn's event loop or socket).
 
-SSE lag: a second process opens --sse-clients event streams on one `process_batch`
-orchestration (--sse-params instances of 10-50 ms, parallelism 2). A stream needs the
-orchestration's id, so it opens after the kick-off: the first instance of each of the two
-shards sleeps --gate seconds so that every client is connected before the measured work
-starts, and those two instances are left out. For every other `transition` a client
-receives, the lag is its receive time minus the transition's own stamp (`finished_at`
-for an ended instance, `started_at` for InProgress), taken over all clients. /metrics is
-scraped meanwhile for jobfleet_sse_upstreams (one per orchestration followed, however
-many clients) and jobfleet_sse_clients.
+SSE: --sse-clients event streams on one `process_batch` orchestration (--sse-params
+instances of 10-50 ms, parallelism 2). A stream needs the orchestration's id, so it opens
+after the kick-off: the first instance of each of the two shards sleeps --gate seconds so
+that every client is connected before the measured work starts, and those two are left
+out. For every other `transition` a client receives, the lag is the arrival time of its
+bytes minus the transition's own stamp (`finished_at` for an ended instance, `started_at`
+for InProgress), taken over all clients; the clients only stamp bytes and parse them
+after the run. /metrics is scraped meanwhile for jobfleet_sse_upstreams (one per
+orchestration followed, however many clients) and jobfleet_sse_clients.
 
 Figures are medians of the runs; on a shared machine read ratios, not absolutes.
 """
@@ -59,6 +61,8 @@ SCRIPT = Path(__file__).resolve()
 BY_ID = "GET /v1/orchestrations/{id}"
 LIST = "GET /v1/orchestrations?limit=50"
 LIST_SHARE = 0.5  # of the GET load's requests
+ROUTES = {BY_ID: "/v1/orchestrations/{orchestration_id}", LIST: "/v1/orchestrations"}
+REQUEST_SECONDS = "jobfleet_http_request_duration_seconds"
 TERMINAL = frozenset({"Completed", "Errored", "Cancelled"})
 SSE_PARALLELISM = 2  # so two gate instances: instance i is in shard i % 2, claimed by index
 SEED_PARAMS = 5  # `noop` instances per seeded orchestration
@@ -80,6 +84,17 @@ def percentile(ordered: list[float], q: float) -> float:
 def median(values: list[float]) -> float:
     present = [v for v in values if not math.isnan(v)]
     return statistics.median(present) if present else math.nan
+
+
+def finite(value: Any) -> Any:
+    """NaN (no sample) as null, so that --json is JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
 
 
 def cpu_seconds(pid: int) -> float:
@@ -327,19 +342,46 @@ async def hammer(config: dict[str, Any]) -> dict[str, Any]:
                                    for c, r in zip(connections, rngs, strict=True)))
         await asyncio.sleep(measure_from - time.perf_counter())
         mine, server = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(config["server_pid"])
+        in_app = await in_app_totals(connections[0].base_url, headers)
         await asyncio.sleep(end - time.perf_counter())
         mine_after = resource.getrusage(resource.RUSAGE_SELF)
         server_cpu = cpu_seconds(config["server_pid"]) - server
+        in_app_after = await in_app_totals(connections[0].base_url, headers)
         await clients
     finally:
         for c in connections:
             await c.aclose()
     generator_cpu = (mine_after.ru_utime + mine_after.ru_stime) - (mine.ru_utime + mine.ru_stime)
     duration = config["duration"]
-    return {"alone": summary(alone, config["solo"]), "endpoints": summary(loaded, duration),
+    endpoints = summary(loaded, duration)
+    for kind, (seconds, count) in in_app_after.items():
+        before_s, before_n = in_app.get(kind, (0.0, 0.0))
+        endpoints[kind]["in_app_mean_ms"] = (
+            1000 * (seconds - before_s) / (count - before_n) if count > before_n else math.nan
+        )
+    return {"alone": summary(alone, config["solo"]), "endpoints": endpoints,
             "rps": sum(len(v) for v in loaded.values()) / duration,
             "failures": dict(failures), "server_cpu": server_cpu / duration,
             "generator_cpu": generator_cpu / duration}
+
+
+async def in_app_totals(url: httpx.URL, headers: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """The server's own request timing (/metrics: from its first middleware to the last
+    byte handed to uvicorn) of the two GET routes: (seconds, requests) so far."""
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30.0) as client:
+        text = (await client.get("/metrics")).text
+    totals: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name not in (f"{REQUEST_SECONDS}_sum", f"{REQUEST_SECONDS}_count") or (
+            'method="GET"' not in rest or 'status="200"' not in rest
+        ):
+            continue
+        for kind, route in ROUTES.items():
+            if f'route="{route}"' in rest:
+                pair = totals.setdefault(kind, [0.0, 0.0])
+                pair[name.endswith("_count")] += float(rest.rpartition(" ")[2])
+    return {kind: (pair[0], pair[1]) for kind, pair in totals.items()}
 
 
 # -- SSE lag --------------------------------------------------------------------------------
@@ -353,6 +395,7 @@ class MetricsScraper:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.samples: list[dict[str, float]] = []
+        self.seconds: list[float] = []  # per scrape: it costs the server a look at the store
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -375,8 +418,10 @@ class MetricsScraper:
     def _run(self) -> None:
         with self.server.client() as client:
             while not self._done.is_set():
+                began = time.perf_counter()
                 try:
                     self.samples.append(self.scrape(client))
+                    self.seconds.append(time.perf_counter() - began)
                 except httpx.HTTPError:
                     pass
                 self._done.wait(SCRAPE_SECONDS)
@@ -411,6 +456,7 @@ def sse_run(server: Server, args: argparse.Namespace, run: int) -> dict[str, Any
         ),
         upstreams_with_all_clients=sorted({s.get("jobfleet_sse_upstreams", -1) for s in full}),
         scrapes=len(scraper.samples),
+        scrape_ms=1000 * median(scraper.seconds),
         clients_after=after.get("jobfleet_sse_clients"),
         upstreams_after=after.get("jobfleet_sse_upstreams"),
     )
@@ -585,7 +631,7 @@ async def listen(config: dict[str, Any]) -> dict[str, Any]:
 def summarize(gets: list[dict[str, Any]], sses: list[dict[str, Any]]) -> dict[str, Any]:
     def medians(phase: str) -> dict[str, dict[str, float]]:
         return {kind: {key: median([g[phase][kind][key] for g in gets])
-                       for key in ("rps", "p50_ms", "p99_ms")}
+                       for key in gets[0][phase][kind] if key != "requests"}
                 for kind in (BY_ID, LIST)}
 
     return {
@@ -596,7 +642,7 @@ def summarize(gets: list[dict[str, Any]], sses: list[dict[str, Any]]) -> dict[st
                 "failures": sum(sum(g["failures"].values()) for g in gets)},
         "sse": {key: median([s[key] for s in sses])
                 for key in ("p50_ms", "p99_ms", "max_ms", "connect_s", "server_cpu",
-                            "clients_cpu")},
+                            "clients_cpu", "scrape_ms")},
     }
 
 
@@ -640,44 +686,40 @@ def problems(args: argparse.Namespace, gets: list[dict[str, Any]],
 def print_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
     m, sses = report["median"], report["sse_runs"]
     g, s, last = m["get"], m["sse"], sses[-1]
+    upstreams = max(r["upstreams_max"] for r in sses)
     print(f"jobfleet HTTP API (`jobfleet serve`, local backend, bearer token checked),"
           f" {report['seeded']} orchestrations; medians of {args.repeat} run(s)")
-    print(f"GET: one client alone for {args.solo:g} s, then {args.clients} keep-alive clients"
-          f" for {args.duration:g} s, in a second process; by id and list half and half")
-    print(f"  {'endpoint':<34}{'alone p50':>10}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
-          f"{'p50 / alone':>13}")
+    print(f"GET, {args.clients} keep-alive clients for {args.duration:g} s (and one alone for"
+          f" {args.solo:g} s), by id and list half and half")
+    print(f"  {'endpoint':<33}{'alone p50':>10}{'req/s':>7}{'p50':>7}{'p99':>7}"
+          f"{'in app':>8}  ms")
     for kind, e in g["endpoints"].items():
-        alone = g["alone"][kind]["p50_ms"]
-        print(f"  {kind:<34}{alone:>10.1f}{e['rps']:>8.0f}{e['p50_ms']:>8.1f}{e['p99_ms']:>8.1f}"
-              f"{e['p50_ms'] / alone:>12.0f}x")
-    print(f"  {'both':<34}{'':>10}{g['rps']:>8.0f}   server CPU {100 * g['server_cpu']:.0f} %,"
-          f" load generator {100 * g['generator_cpu']:.0f} %; failed requests {g['failures']}")
+        print(f"  {kind:<33}{g['alone'][kind]['p50_ms']:>10.1f}{e['rps']:>7.0f}"
+              f"{e['p50_ms']:>7.1f}{e['p99_ms']:>7.1f}{e['in_app_mean_ms']:>8.1f}")
+    print(f"  {'both':<33}{'':>10}{g['rps']:>7.0f}   server CPU {100 * g['server_cpu']:.0f} %,"
+          f" load generator {100 * g['generator_cpu']:.0f} %; {g['failures']} failed")
     counts = ", ".join(f"{k} x{v}" for k, v in last["transitions_per_client"].items())
-    print(f"SSE: {args.sse_clients} clients in a second process on one orchestration"
-          f" (process_batch, {args.sse_params} instances of 10-50 ms, parallelism 2)")
-    print(f"  transition lag p50 / p99 / max      {s['p50_ms']:.1f} / {s['p99_ms']:.1f} /"
-          f" {s['max_ms']:.1f} ms   (each run's p99: "
+    print(f"SSE, {args.sse_clients} clients on one orchestration (process_batch,"
+          f" {args.sse_params} instances of 10-50 ms, parallelism 2)")
+    print(f"  transition lag p50 / p99 / max   {s['p50_ms']:.1f} / {s['p99_ms']:.1f} /"
+          f" {s['max_ms']:.1f} ms (p99 per run: "
           + ", ".join(f"{r['p99_ms']:.0f}" for r in sses) + ")")
-    print(f"  transitions per client (last run)   {counts} (count x clients) of"
-          f" {2 * args.sse_params} possible; `completed`: {last['completed']} of"
-          f" {last['clients']}")
-    print(f"  all clients connected after         {s['connect_s']:.2f} s;"
-          f" server CPU {100 * s['server_cpu']:.0f} %, clients {100 * s['clients_cpu']:.0f} %")
-    print("  jobfleet_sse_upstreams              with all clients connected: "
+    print(f"  transitions per client           {counts} (count x clients, last run) of"
+          f" {2 * args.sse_params}; `completed` {last['completed']} of {last['clients']}")
+    print(f"  connecting all clients           {s['connect_s']:.2f} s; then server CPU"
+          f" {100 * s['server_cpu']:.0f} %, clients {100 * s['clients_cpu']:.0f} %")
+    print("  /metrics with all connected      jobfleet_sse_upstreams "
           + " | ".join(",".join(f"{u:g}" for u in r["upstreams_with_all_clients"]) for r in sses)
-          + f" (per run); max {max(r['upstreams_max'] for r in sses):g}; after: "
-          + " | ".join(f"{r['upstreams_after']:g}" for r in sses))
-    print(f"  jobfleet_sse_clients                max {max(r['clients_max'] for r in sses):g};"
-          " after: " + " | ".join(f"{r['clients_after']:g}" for r in sses))
+          + f", jobfleet_sse_clients max {max(r['clients_max'] for r in sses):g}"
+          f" (a scrape: {s['scrape_ms']:.0f} ms)")
     for problem in report["problems"]:
         print(f"  ! {problem}")
     by_id, listing = g["endpoints"][BY_ID], g["endpoints"][LIST]
-    print(f"summary: {g['rps']:.0f} GET/s with {args.clients} clients; by id p50"
-          f" {by_id['p50_ms']:.1f} ms / p99 {by_id['p99_ms']:.1f} ms, list p50"
-          f" {listing['p50_ms']:.1f} / p99 {listing['p99_ms']:.1f} ms; SSE lag p50"
-          f" {s['p50_ms']:.1f} / p99 {s['p99_ms']:.1f} ms with {args.sse_clients} clients on"
-          f" {max(r['upstreams_max'] for r in sses):g} upstream;"
-          f" {len(report['problems'])} problem(s); took {report['elapsed_s']:.0f} s")
+    print(f"summary: {g['rps']:.0f} GET/s with {args.clients} clients, p50/p99 by id"
+          f" {by_id['p50_ms']:.0f}/{by_id['p99_ms']:.0f} ms, list {listing['p50_ms']:.0f}/"
+          f"{listing['p99_ms']:.0f} ms; SSE lag p50/p99 {s['p50_ms']:.0f}/{s['p99_ms']:.0f} ms"
+          f" with {args.sse_clients} clients on {upstreams:g} upstream;"
+          f" {len(report['problems'])} problem(s); {report['elapsed_s']:.0f} s")
 
 
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -746,7 +788,7 @@ def main() -> None:
         print("interrupted: the server is stopped and its folder removed", file=sys.stderr)
         raise SystemExit(130) from None
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(finite(report), indent=2))
     else:
         print_report(args, report)
 
