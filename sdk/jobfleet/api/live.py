@@ -19,22 +19,27 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from sse_starlette import ServerSentEvent
+
 from jobfleet.core.models import JobCompletedEvent, JobInstance, JsonObject, Status
 from jobfleet.core.ports import Store
 from jobfleet.fleet import JobFleet, Orchestration
 
 log = logging.getLogger(__name__)
 
+ENDINGS = frozenset({"completed", "feed_error"})  # the last event of a stream
+
 
 @dataclass(frozen=True, slots=True)
 class LiveEvent:
     event: str
-    data: str  # JSON, encoded once for every subscriber
-    id: str | None = None
+    id: str | None
+    frame: bytes  # the event on the wire, encoded once for every subscriber
 
     @classmethod
     def of(cls, event: str, data: JsonObject, id: str | None = None) -> LiveEvent:
-        return cls(event, json.dumps(data, separators=(",", ":")), id)
+        text = json.dumps(data, separators=(",", ":"))
+        return cls(event, id, ServerSentEvent(data=text, event=event, id=id).encode())
 
 
 def transition_id(instance: JobInstance) -> str:
@@ -179,28 +184,29 @@ class LiveHub:
 
     async def stream(
         self, orchestration: Orchestration, last_event_id: str | None = None
-    ) -> AsyncIterator[LiveEvent]:
+    ) -> AsyncIterator[bytes]:
         """One client's events: subscribed before the snapshot is read, so nothing
         between the two is missed; a resumed client first gets the transitions after
-        its last event id, read from the store."""
+        its last event id, read from the store. Each change is one chunk of events."""
         subscriber = Subscriber(asyncio.get_running_loop())
         feed = await asyncio.to_thread(self.subscribe, orchestration, subscriber)
         sent: set[str] = set()
         try:
             snap = await asyncio.to_thread(orchestration.status)
-            yield LiveEvent.of("snapshot", snap.to_json())
+            first = [LiveEvent.of("snapshot", snap.to_json())]
             resume = parse_transition_id(last_event_id) if last_event_id else None
             if resume is not None:
-                for event in await asyncio.to_thread(self._backlog, orchestration, resume):
-                    sent.add(event.id or "")
-                    yield event
+                backlog = await asyncio.to_thread(self._backlog, orchestration, resume)
+                sent.update(event.id or "" for event in backlog)
+                first += backlog
+            yield b"".join(event.frame for event in first)
             while True:
-                for event in await subscriber.queue.get():
-                    if event.id is not None and event.id in sent:
-                        continue
-                    yield event
-                    if event.event in ("completed", "feed_error"):
-                        return
+                batch = await subscriber.queue.get()
+                if sent:
+                    batch = [e for e in batch if e.id is None or e.id not in sent]
+                yield b"".join(event.frame for event in batch)
+                if any(event.event in ENDINGS for event in batch):
+                    return
         finally:
             feed.unsubscribe(subscriber)
 

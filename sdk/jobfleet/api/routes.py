@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 
 from jobfleet.api import schemas
 from jobfleet.api.live import LiveHub
@@ -174,13 +174,7 @@ async def events(
     through `Last-Event-ID`) and `progress` (the counts) as they happen, and last
     `completed`, the JobCompletedEvent; then the stream ends."""
     handle = await asyncio.to_thread(fleet_of(request).orchestration, orchestration_id)
-    stream = hub_of(request).stream(handle, last_event_id)
-
-    async def sse() -> Any:
-        async for event in stream:
-            yield ServerSentEvent(data=event.data, event=event.event, id=event.id)
-
-    return EventSourceResponse(sse(), ping=PING_SECONDS)
+    return EventSourceResponse(hub_of(request).stream(handle, last_event_id), ping=PING_SECONDS)
 
 
 @router.post(
