@@ -31,25 +31,29 @@ def _parse(block: list[str]) -> Event | None:
     )
 
 
-def events(lines: Iterable[str]) -> Iterator[Event]:
-    block: list[str] = []
-    for line in lines:
+class _Blocks:
+    """Lines in, an event out at each blank line that ends one."""
+
+    def __init__(self) -> None:
+        self.block: list[str] = []
+
+    def feed(self, line: str) -> Event | None:
         if line.strip("\r"):
-            block.append(line.rstrip("\r"))
-            continue
-        event = _parse(block)
-        block = []
-        if event is not None:
+            self.block.append(line.rstrip("\r"))
+            return None
+        block, self.block = self.block, []
+        return _parse(block)
+
+
+def events(lines: Iterable[str]) -> Iterator[Event]:
+    blocks = _Blocks()
+    for line in lines:
+        if (event := blocks.feed(line)) is not None:
             yield event
 
 
 async def aevents(lines: AsyncIterator[str]) -> AsyncIterator[Event]:
-    block: list[str] = []
+    blocks = _Blocks()
     async for line in lines:
-        if line.strip("\r"):
-            block.append(line.rstrip("\r"))
-            continue
-        event = _parse(block)
-        block = []
-        if event is not None:
+        if (event := blocks.feed(line)) is not None:
             yield event
