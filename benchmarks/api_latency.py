@@ -7,7 +7,7 @@
 Runs against a real `python -m jobfleet serve` on the local backend, in a temporary
 JOBFLEET_HOME, with JOBFLEET_API_TOKEN set so that every request is authenticated. The
 server first gets --orchestrations small `noop` fan-outs, run to the end. Then, --repeat
-times each, with the clients in a second process (this script again):
+times each, with the clients in a second process (benchmarks/api_clients.py):
 
 GET: one client alone for --solo seconds (the unloaded latency), then --clients
 keep-alive clients for --duration seconds after a warm-up; each request asks, half and
@@ -31,13 +31,10 @@ Figures are medians of the runs; on a shared machine read ratios, not absolutes.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import os
 import random
-import re
-import resource
 import secrets
 import signal
 import socket
@@ -47,38 +44,23 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
-SCRIPT = Path(__file__).resolve()
-BY_ID = "GET /v1/orchestrations/{id}"
-LIST = "GET /v1/orchestrations?limit=50"
-LIST_SHARE = 0.5  # of the GET load's requests
-ROUTES = {BY_ID: "/v1/orchestrations/{orchestration_id}", LIST: "/v1/orchestrations"}
-REQUEST_SECONDS = "jobfleet_http_request_duration_seconds"
-TERMINAL = frozenset({"Completed", "Errored", "Cancelled"})
+from api_clients import BY_ID, LIST, TERMINAL
+
+CLIENTS = Path(__file__).resolve().with_name("api_clients.py")
 SSE_PARALLELISM = 2  # so two gate instances: instance i is in shard i % 2, claimed by index
 SEED_PARAMS = 5  # `noop` instances per seeded orchestration
 SEED_IN_FLIGHT = 4  # seeded orchestrations running at once (each is 2 processes)
 SCRAPE_SECONDS = 0.25
-SOLO_WARMUP = 0.2  # seconds of the lone client's requests left out
-SSE_EVENT_END = re.compile(rb"\r\n\r\n|\n\n")
 QUICK = {"orchestrations": 20, "duration": 2.0, "warmup": 0.5, "solo": 1.0, "repeat": 1,
          "sse_clients": 50, "sse_params": 40, "gate": 2.0}
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    """Nearest rank; `ordered` is sorted."""
-    if not ordered:
-        return math.nan
-    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
 
 def median(values: list[float]) -> float:
@@ -95,15 +77,6 @@ def finite(value: Any) -> Any:
     if isinstance(value, list):
         return [finite(v) for v in value]
     return value
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc (Linux)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return math.nan
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- the server ---------------------------------------------------------------------------
@@ -244,10 +217,10 @@ def seed(server: Server, count: int) -> list[str]:
 
 @contextmanager
 def second_process(mode: str, config: dict[str, Any]) -> Iterator[subprocess.Popen[str]]:
-    """This script again, as the load generator or the SSE clients: its own interpreter
-    and CPU, as real clients would be. It reads `config` as the first line of stdin."""
+    """The load generator (`get`) or the SSE clients (`sse`): their own interpreter and
+    CPU, as real clients would be. They read `config` as the first line of stdin."""
     child = subprocess.Popen(
-        [sys.executable, str(SCRIPT), f"--{mode}-process"], stdin=subprocess.PIPE,
+        [sys.executable, str(CLIENTS), mode], stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:
@@ -282,106 +255,6 @@ def get_run(server: Server, ids: list[str], args: argparse.Namespace, run: int) 
               "server_pid": server.process.pid}
     with second_process("get", config) as child:
         return finish(child)
-
-
-async def hammer(config: dict[str, Any]) -> dict[str, Any]:
-    """The load generator: first one client alone (the unloaded latency), then `clients`
-    keep-alive connections at once, each one request at a time."""
-    ids: list[str] = config["ids"]
-    headers = {"Authorization": f"Bearer {config['token']}"}
-    failures: Counter[str] = Counter()
-    connections = [
-        httpx.AsyncClient(base_url=config["url"], headers=headers, timeout=30.0,
-                          limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
-        for _ in range(config["clients"])
-    ]
-
-    async def one_client(client: httpx.AsyncClient, rng: random.Random, measure_from: float,
-                         end: float, latencies: dict[str, list[float]]) -> None:
-        while (sent := time.perf_counter()) < end:
-            listing = rng.random() < LIST_SHARE
-            kind = LIST if listing else BY_ID
-            path = "/v1/orchestrations?limit=50" if listing else (
-                f"/v1/orchestrations/{rng.choice(ids)}"
-            )
-            try:
-                response = await client.get(path)
-                await response.aread()
-            except httpx.HTTPError as exc:
-                failures[f"{kind}: {type(exc).__name__}"] += 1
-                continue
-            elapsed = time.perf_counter() - sent
-            if sent < measure_from:
-                continue
-            if response.status_code == 200:
-                latencies[kind].append(elapsed)
-            else:
-                failures[f"{kind}: HTTP {response.status_code}"] += 1
-
-    def summary(latencies: dict[str, list[float]], duration: float) -> dict[str, Any]:
-        endpoints = {}
-        for kind, values in latencies.items():
-            values.sort()
-            endpoints[kind] = {"requests": len(values), "rps": len(values) / duration,
-                               "p50_ms": 1000 * percentile(values, 0.50),
-                               "p99_ms": 1000 * percentile(values, 0.99)}
-        return endpoints
-
-    rngs = [random.Random(config["seed"] * 10_000 + n) for n in range(len(connections))]
-    try:
-        alone: dict[str, list[float]] = {BY_ID: [], LIST: []}
-        start = time.perf_counter()
-        await one_client(connections[0], random.Random(-1 - config["seed"]),
-                         start + SOLO_WARMUP, start + SOLO_WARMUP + config["solo"], alone)
-
-        loaded: dict[str, list[float]] = {BY_ID: [], LIST: []}
-        start = time.perf_counter()
-        measure_from = start + config["warmup"]
-        end = measure_from + config["duration"]
-        clients = asyncio.gather(*(one_client(c, r, measure_from, end, loaded)
-                                   for c, r in zip(connections, rngs, strict=True)))
-        await asyncio.sleep(measure_from - time.perf_counter())
-        mine, server = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(config["server_pid"])
-        in_app = await in_app_totals(connections[0].base_url, headers)
-        await asyncio.sleep(end - time.perf_counter())
-        mine_after = resource.getrusage(resource.RUSAGE_SELF)
-        server_cpu = cpu_seconds(config["server_pid"]) - server
-        in_app_after = await in_app_totals(connections[0].base_url, headers)
-        await clients
-    finally:
-        for c in connections:
-            await c.aclose()
-    generator_cpu = (mine_after.ru_utime + mine_after.ru_stime) - (mine.ru_utime + mine.ru_stime)
-    duration = config["duration"]
-    endpoints = summary(loaded, duration)
-    for kind, (seconds, count) in in_app_after.items():
-        before_s, before_n = in_app.get(kind, (0.0, 0.0))
-        endpoints[kind]["in_app_mean_ms"] = (
-            1000 * (seconds - before_s) / (count - before_n) if count > before_n else math.nan
-        )
-    return {"alone": summary(alone, config["solo"]), "endpoints": endpoints,
-            "rps": sum(len(v) for v in loaded.values()) / duration,
-            "failures": dict(failures), "server_cpu": server_cpu / duration,
-            "generator_cpu": generator_cpu / duration}
-
-
-async def in_app_totals(url: httpx.URL, headers: dict[str, str]) -> dict[str, tuple[float, float]]:
-    """The server's own request timing (/metrics: from its first middleware to the last
-    byte handed to uvicorn) of the two GET routes: (seconds, requests) so far."""
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30.0) as client:
-        text = (await client.get("/metrics")).text
-    totals: dict[str, list[float]] = {}
-    for line in text.splitlines():
-        name, _, rest = line.partition("{")
-        if name not in (f"{REQUEST_SECONDS}_sum", f"{REQUEST_SECONDS}_count") or (
-            'method="GET"' not in rest or 'status="200"' not in rest
-        ):
-            continue
-        for kind, route in ROUTES.items():
-            if f'route="{route}"' in rest:
-                pair = totals.setdefault(kind, [0.0, 0.0])
-                pair[name.endswith("_count")] += float(rest.rpartition(" ")[2])
-    return {kind: (pair[0], pair[1]) for kind, pair in totals.items()}
 
 
 # -- SSE lag --------------------------------------------------------------------------------
@@ -461,168 +334,6 @@ def sse_run(server: Server, args: argparse.Namespace, run: int) -> dict[str, Any
         upstreams_after=after.get("jobfleet_sse_upstreams"),
     )
     return result
-
-
-class Stream(asyncio.Protocol):
-    """One SSE client, as a bare protocol that only stamps bytes as they arrive (through
-    httpx, the clients spent about as much CPU per event as the server did). The bytes
-    are parsed after the run, so the clients' own work cannot pass for the server's lag."""
-
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.arrivals: list[tuple[float, bytes]] = []
-        self.ended = asyncio.get_running_loop().create_future()
-        self.transport: asyncio.BaseTransport | None = None
-        self.connected_at: float | None = None  # when the snapshot came
-        self.order: list[tuple[int, str]] = []  # the measured transitions, as they came
-        self.gate_transitions = 0
-        self.unstamped = 0  # transitions back to Pending (a retry): nothing to measure
-        self.events: Counter[str] = Counter()  # by event type
-        self.completed = False
-        self.error: str | None = None
-        self.lags: list[tuple[float, float]] = []  # (stamp, seconds late)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.request)
-
-    def data_received(self, data: bytes) -> None:
-        self.arrivals.append((time.time(), data))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.ended.done():
-            self.ended.set_result(None)
-
-    def parse(self, gates: int) -> None:
-        raw, body, chunked, head = b"", b"", False, None
-        for received, data in self.arrivals:
-            raw += data
-            if head is None:
-                head, sep, rest = raw.partition(b"\r\n\r\n")
-                if not sep:
-                    head = None
-                    continue
-                status = head.split(b" ", 2)[1].decode()
-                if status != "200":
-                    self.error = f"HTTP {status}"
-                    return
-                chunked, raw = b"transfer-encoding: chunked" in head.lower(), rest
-            new, raw = dechunk(raw) if chunked else (raw, b"")
-            *whole, body = SSE_EVENT_END.split(body + new)
-            for block in whole:
-                self._event(block.decode(), received, gates)
-
-    def _event(self, block: str, received: float, gates: int) -> None:
-        fields = dict(line.partition(":")[::2] for line in block.splitlines())
-        event, data = fields.get("event", "").strip(), fields.get("data", "").removeprefix(" ")
-        if not event:
-            return  # a ping comment
-        self.events[event] += 1
-        if event == "snapshot":
-            self.connected_at = received
-        elif event == "completed":
-            self.completed = True
-        elif event == "error":
-            self.error = data
-        elif event == "transition":
-            instance = json.loads(data)
-            status = instance["status"]
-            stamp = instance["finished_at"] if status in TERMINAL else (
-                instance["started_at"] if status == "InProgress" else None
-            )
-            if instance["index"] < gates:
-                self.gate_transitions += 1
-                return
-            self.order.append((instance["index"], status))
-            if stamp is None:
-                self.unstamped += 1
-            else:
-                self.lags.append((stamp, received - stamp))
-
-
-def dechunk(raw: bytes) -> tuple[bytes, bytes]:
-    """HTTP/1.1 chunked transfer coding: (the whole chunks' data, what is left over)."""
-    out, pos = [], 0
-    while (line_end := raw.find(b"\r\n", pos)) >= 0:
-        size = int(raw[pos:line_end].split(b";")[0], 16)
-        start = line_end + 2
-        if len(raw) < start + size + 2:
-            break
-        out.append(raw[start:start + size])
-        pos = start + size + 2
-        if size == 0:
-            break
-    return b"".join(out), raw[pos:]
-
-
-async def listen(config: dict[str, Any]) -> dict[str, Any]:
-    """The SSE clients: connect once the orchestration's id comes on stdin."""
-    print("ready", flush=True)
-    oid = sys.stdin.readline().strip()
-    if not oid:
-        raise SystemExit("no orchestration id on stdin")
-    url = urlsplit(config["url"])
-    host, port = url.hostname or "127.0.0.1", url.port or 80
-    request = (f"GET /v1/orchestrations/{oid}/events HTTP/1.1\r\nHost: {url.netloc}\r\n"
-               f"Authorization: Bearer {config['token']}\r\nAccept: text/event-stream\r\n"
-               "Connection: close\r\n\r\n").encode()
-    began = time.time()
-    mine, server = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(config["server_pid"])
-    streams = [Stream(request) for _ in range(config["clients"])]
-    loop = asyncio.get_running_loop()
-
-    async def one(stream: Stream) -> None:
-        try:
-            await loop.create_connection(lambda: stream, host, port)
-            await asyncio.wait_for(stream.ended, config["timeout"])
-        except (OSError, TimeoutError) as exc:
-            stream.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            if stream.transport is not None:
-                stream.transport.close()
-
-    await asyncio.gather(*(one(s) for s in streams))
-    wall = time.time() - began
-    mine_after = resource.getrusage(resource.RUSAGE_SELF)
-    server_cpu = cpu_seconds(config["server_pid"]) - server
-    clients_cpu = (mine_after.ru_utime + mine_after.ru_stime) - (mine.ru_utime + mine.ru_stime)
-    for stream in streams:
-        stream.parse(config["gates"])
-
-    stamped = sorted(pair for s in streams for pair in s.lags)
-    lags = sorted(lag for _, lag in stamped)
-    connected = [s.connected_at for s in streams if s.connected_at is not None]
-    first_stamp = stamped[0][0] if stamped else math.inf
-    fifths = [sorted(lag for _, lag in stamped[i * len(stamped) // 5:(i + 1) * len(stamped) // 5])
-              for i in range(5)]
-    return {
-        "clients": len(streams),
-        "lag_samples": len(lags),
-        "p50_ms": 1000 * percentile(lags, 0.50),
-        "p99_ms": 1000 * percentile(lags, 0.99),
-        "max_ms": 1000 * lags[-1] if lags else math.nan,
-        "min_ms": 1000 * lags[0] if lags else math.nan,
-        "transitions_per_client": {str(k): v for k, v in
-                                   Counter(len(s.order) for s in streams).items()},
-        "distinct_orders": len({tuple(s.order) for s in streams}),
-        "gate_transitions_per_client": {str(k): v for k, v in
-                                        Counter(s.gate_transitions for s in streams).items()},
-        "p50_ms_by_fifth_of_run": [1000 * percentile(f, 0.50) for f in fifths],
-        "events_per_client": {
-            kind: {str(k): v for k, v in Counter(s.events[kind] for s in streams).items()}
-            for kind in sorted({k for s in streams for k in s.events})
-        },
-        "server_cpu": server_cpu / wall,
-        "clients_cpu": clients_cpu / wall,
-        "wall_s": wall,
-        "unstamped": sum(s.unstamped for s in streams),
-        "completed": sum(s.completed for s in streams),
-        "errors": dict(Counter(s.error for s in streams if s.error)),
-        "connect_s": max(connected) - began if connected else math.nan,
-        "connected_late": sum(1 for s in streams
-                              if s.connected_at is None or s.connected_at > first_stamp),
-    }
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -744,7 +455,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             progress(f"SSE lag, run {run + 1} of {args.repeat}")
             sses.append(sse_run(server, args, run))
         progress("done; stopping the server")
-    return {"config": {k: v for k, v in vars(args).items() if not k.endswith("_process")},
+    return {"config": vars(args),
             "seeded": len(ids), "median": summarize(gets, sses), "get_runs": gets,
             "sse_runs": sses, "problems": problems(args, gets, sses),
             "elapsed_s": time.perf_counter() - began}
@@ -770,17 +481,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a short smoke run: "
                         + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()))
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--get-process", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--sse-process", action="store_true", help=argparse.SUPPRESS)
     if "--quick" in sys.argv[1:]:
         parser.set_defaults(**QUICK)  # what is given explicitly still wins
     args = parser.parse_args()
-
-    if args.get_process or args.sse_process:
-        config = json.loads(sys.stdin.readline())
-        result = asyncio.run(hammer(config) if args.get_process else listen(config))
-        print(json.dumps(result))
-        return
     signal.signal(signal.SIGTERM, interrupt)
     try:
         report = benchmark(args)
