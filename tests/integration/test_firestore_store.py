@@ -21,6 +21,7 @@ from typing import Any, cast
 import pytest
 from google.cloud import firestore
 
+from jobfleet.backends.gcp import firestore_changes
 from jobfleet.backends.gcp.firestore_documents import JOBS, LEASES, ORCHESTRATIONS, SHARDS
 from jobfleet.backends.gcp.firestore_store import FirestoreStore
 from jobfleet.core.models import (
@@ -223,18 +224,15 @@ def test_a_kick_off_streams_and_shows_nothing_until_it_is_complete(
     assert fs.get_orchestration(new.id).counts.pending == 3_000
 
 
-def test_ten_thousand_instances_kick_off_in_under_three_seconds(fs: FirestoreStore) -> None:
-    timings = []
-    for _ in range(2):  # the best of two: the first run also warms up the emulator
-        new = new_orchestration(parallelism=10)
-        batches = list(batches_of(10_000, 1_000, shards=10))
-        started = time.perf_counter()
-        fs.create_orchestration(new, batches)
-        timings.append(time.perf_counter() - started)
+def test_ten_thousand_instances_kick_off_whole_across_every_shard(fs: FirestoreStore) -> None:
+    """Its speed is measured in benchmarks/gcp_fanout.py, not asserted here."""
+    new = new_orchestration(parallelism=10)
 
-    print(f"kick-off of 10,000 instances: {', '.join(f'{t:.2f}s' for t in timings)}")
-    assert fs.get_orchestration(new.id).counts.total == 10_000
-    assert min(timings) < 3.0
+    total = fs.create_orchestration(new, batches_of(10_000, 1_000, shards=10))
+
+    snap = fs.get_orchestration(new.id)
+    assert total == snap.counts.total == snap.counts.pending == 10_000
+    assert sum(fs.unfinished(new.id, shard) for shard in range(10)) == 10_000
 
 
 def test_a_refused_kick_off_leaves_no_document_behind(
@@ -321,3 +319,30 @@ def test_close_stops_the_listeners(project: str) -> None:
     while listening() > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert listening() == before
+
+
+def test_listeners_of_orchestrations_nobody_asks_about_stop(
+    project: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long-lived API server follows orchestration after orchestration."""
+    monkeypatch.setattr(firestore_changes, "LISTEN_IDLE", 0.5)
+    store, other = FirestoreStore(project), FirestoreStore(project)
+    try:
+        old, kept = kick_off(store, n=1), kick_off(store, n=1)
+        token = store.change_token(old)
+        store.change_token(kept)
+        time.sleep(0.6)
+
+        store.change_token(kept)  # any use prunes the idle ones
+
+        assert store._changes.listening == 1
+        store.set_execution(old, "executions/e-9")  # its own writes still count...
+        moved = store.change_token(old)  # ...and asking again listens again
+        assert moved != token and store._changes.listening == 2
+        writer = threading.Timer(0.2, other.set_execution, args=(old, "executions/e-10"))
+        writer.start()
+        assert store.wait_for_change(old, moved, timeout=WAIT) != moved  # pushed again
+        writer.join()
+    finally:
+        store.close()
+        other.close()

@@ -8,6 +8,7 @@ instance that moves); the store's own writes bump the token at once.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -18,6 +19,7 @@ from jobfleet.backends.gcp.firestore_documents import SHARDS
 from jobfleet.errors import JobfleetError
 
 LISTEN_TIMEOUT = 10.0  # for a new listener's first snapshot
+LISTEN_IDLE = 300.0  # seconds unasked after which an orchestration's listeners stop
 
 
 class OrchestrationListener:
@@ -52,14 +54,24 @@ class OrchestrationListener:
 
 class ChangeFeed:
     """Change tokens per orchestration, moved by Firestore listeners (pushed, no polling)
-    and by this store's own writes (so that those show at once)."""
+    and by this store's own writes (so that those show at once).
+
+    A long-lived process (the API server) follows many orchestrations in turn, so the
+    listeners of one that nobody has asked about for LISTEN_IDLE stop; asking again
+    starts them again, and its tokens keep counting from where they were."""
 
     def __init__(self, orchestrations: firestore.CollectionReference) -> None:
         self._orchestrations = orchestrations
         self._moved = threading.Condition()
         self._versions: dict[str, int] = {}
         self._listeners: dict[str, OrchestrationListener] = {}
+        self._asked: dict[str, float] = {}
+        self._waiting: dict[str, int] = {}
         self._closed = False
+
+    @property
+    def listening(self) -> int:
+        return len(self._listeners)
 
     def bump(self, orchestration_id: str) -> None:
         with self._moved:
@@ -75,24 +87,44 @@ class ChangeFeed:
     def wait(self, orchestration_id: str, token: int, timeout: float) -> int:
         self._listen(orchestration_id)
         with self._moved:
-            self._moved.wait_for(lambda: self._versions[orchestration_id] != token, timeout)
-            return self._versions[orchestration_id]
+            self._waiting[orchestration_id] = self._waiting.get(orchestration_id, 0) + 1
+            try:
+                self._moved.wait_for(
+                    lambda: self._versions[orchestration_id] != token, timeout
+                )
+                return self._versions[orchestration_id]
+            finally:
+                self._waiting[orchestration_id] -= 1
+                self._asked[orchestration_id] = time.monotonic()
 
     def _listen(self, orchestration_id: str) -> None:
-        """Listen from first use until close: whoever watches an orchestration asks again."""
+        """Listen from first use; whoever watches an orchestration asks again and again."""
         with self._moved:
             if self._closed:
                 raise JobfleetError("this FirestoreStore is closed; open a new one")
+            now = time.monotonic()
+            self._asked[orchestration_id] = now
+            idle = self._idle(now)
             listener = self._listeners.get(orchestration_id)
             if listener is None:
-                self._versions[orchestration_id] = 0
+                self._versions.setdefault(orchestration_id, 0)
                 # Starting a listener does not wait for it, so it may happen under the lock.
                 listener = OrchestrationListener(
                     self._orchestrations.document(orchestration_id),
                     partial(self.bump, orchestration_id),
                 )
                 self._listeners[orchestration_id] = listener
+        for stale in idle:  # outside the lock, as in close()
+            stale.stop()
         listener.wait_ready()
+
+    def _idle(self, now: float) -> list[OrchestrationListener]:
+        """Take out the listeners nobody waits on or has asked about lately."""
+        stale = [
+            oid for oid in self._listeners
+            if not self._waiting.get(oid) and now - self._asked.get(oid, now) > LISTEN_IDLE
+        ]
+        return [self._listeners.pop(oid) for oid in stale]
 
     def close(self) -> None:
         with self._moved:
