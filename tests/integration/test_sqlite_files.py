@@ -35,3 +35,37 @@ def test_processes_creating_the_same_new_home_at_once_all_succeed(tmp_path: Path
         errors = [p.communicate(timeout=60)[1] for p in processes]
         assert [p.returncode for p in processes] == [0, 0, 0, 0], errors
         assert len(SqliteStore(path).list_orchestrations()) == 4
+
+
+def test_a_home_made_by_the_previous_release_opens_and_keeps_its_history(
+    tmp_path: Path,
+) -> None:
+    """Its tables lack the change-stamp columns; opening adds them, keeping every row."""
+    import sqlite3
+
+    from jobfleet.backends.local.schema import ADDED_COLUMNS, SCHEMA
+
+    path = tmp_path / "jobfleet.db"
+    old = sqlite3.connect(path)
+    old_schema = SCHEMA
+    for column, kind in ADDED_COLUMNS.values():
+        old_schema = old_schema.replace(f",\n    {column} {kind}", "")
+    old.executescript(old_schema.replace("CREATE INDEX IF NOT EXISTS jobs_by_change", "--"))
+    old.execute(
+        "INSERT INTO orchestrations (id, job_name, status, total, parallelism, retries,"
+        " backoff, tags, created_at) VALUES ('o-1', 'report', 'InProgress', 1, 1, 0, 0, '{}', 1)"
+    )
+    old.execute("INSERT INTO jobs (orchestration_id, idx, job_id, shard, params)"
+                " VALUES ('o-1', 0, 'j-1', 0, '{\"n\": 1}')")
+    old.commit()
+    assert "changed" not in {row[1] for row in old.execute("PRAGMA table_info(jobs)")}
+    old.close()
+
+    store = SqliteStore(path)
+    claimed = store.claim("o-1", 0, "task-0", limit=1, now=time.time(), lease=30)
+
+    assert [c.params for c in claimed] == [{"n": 1}]
+    assert [(i.job_id, str(i.status)) for i in store.instance_changes("o-1", after=0)] == [
+        ("j-1", "InProgress")
+    ]
+    assert store.get_orchestration("o-1").counts.in_progress == 1

@@ -1,7 +1,6 @@
 """The embedded store: one SQLite file (WAL) shared by every process using the same home.
 
-The schema mirrors the Firestore layout: an orchestrations table and a jobs table
-keyed by (orchestration_id, index). Writes take the database lock up front
+The schema (schema.py) mirrors the Firestore layout. Writes take the database lock up front
 (`BEGIN IMMEDIATE`) so that concurrent workers queue instead of deadlocking.
 """
 
@@ -16,6 +15,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from jobfleet.backends.local.schema import (
+    INSTANCE_COLUMNS,
+    ORCHESTRATION_COLUMNS,
+    STAMP,
+    create_schema,
+    instance_of,
+    next_stamp,
+)
 from jobfleet.core.models import (
     ClaimedInstance,
     Counts,
@@ -32,72 +39,6 @@ from jobfleet.core.models import (
 )
 from jobfleet.errors import InvalidParams, UnknownOrchestration
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS orchestrations (
-    id TEXT PRIMARY KEY,
-    job_name TEXT NOT NULL,
-    status TEXT NOT NULL,
-    total INTEGER NOT NULL DEFAULT 0,
-    parallelism INTEGER NOT NULL,
-    retries INTEGER NOT NULL,
-    backoff REAL NOT NULL,
-    timeout REAL,
-    tags TEXT NOT NULL,
-    succeeded INTEGER NOT NULL DEFAULT 0,
-    failed INTEGER NOT NULL DEFAULT 0,
-    cancelled INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    finished_at REAL,
-    execution TEXT,
-    event_published INTEGER NOT NULL DEFAULT 0,
-    version INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS orchestrations_by_time ON orchestrations (created_at);
-CREATE TABLE IF NOT EXISTS jobs (
-    orchestration_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    job_id TEXT NOT NULL,
-    shard INTEGER NOT NULL,
-    params TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'Pending',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    not_before REAL NOT NULL DEFAULT 0,
-    owner TEXT,
-    lease_until REAL,
-    started_at REAL,
-    finished_at REAL,
-    result TEXT,
-    error TEXT,
-    changed INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (orchestration_id, idx)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS jobs_by_shard ON jobs (orchestration_id, shard, status, not_before);
-CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner) WHERE owner IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_by_change ON jobs (orchestration_id, changed);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL UNIQUE,
-    orchestration_id TEXT NOT NULL,
-    data TEXT NOT NULL
-);
-"""
-
-# Columns added after the first release: a home made by an older jobfleet gains them.
-_ADDED_COLUMNS = {
-    "orchestrations": ("version", "INTEGER NOT NULL DEFAULT 0"),
-    "jobs": ("changed", "INTEGER NOT NULL DEFAULT 0"),
-}
-_ORCHESTRATION_COLUMNS = (
-    "id, job_name, status, total, parallelism, retries, backoff, timeout, tags, succeeded,"
-    " failed, cancelled, created_at, finished_at, execution, event_published"
-)
-_INSTANCE_COLUMNS = (
-    "job_id, idx, status, attempts, params, result, error, started_at, finished_at, changed"
-)
-# The next change stamp of an orchestration's instances, bumped once per statement (its
-# first parameter is the orchestration id). Writes are serialized (BEGIN IMMEDIATE), so
-# stamps follow commit order and `instance_changes` readers need no margin.
-_STAMP = "(SELECT version FROM orchestrations WHERE id = ?)"
 _DONE_COLUMN = {Status.COMPLETED: "succeeded", Status.ERRORED: "failed"}
 
 
@@ -114,13 +55,7 @@ class SqliteStore:
         self._opened_lock = threading.Lock()
         self._use_wal()
         with self._write() as db:
-            for table, (column, kind) in _ADDED_COLUMNS.items():
-                have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
-                if have and column not in have:
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+            create_schema(db)
 
     # -- plumbing -------------------------------------------------------------
 
@@ -209,7 +144,7 @@ class SqliteStore:
 
     def get_orchestration(self, orchestration_id: str) -> OrchestrationSnapshot:
         row = self._db.execute(
-            f"SELECT {_ORCHESTRATION_COLUMNS} FROM orchestrations WHERE id = ?",
+            f"SELECT {ORCHESTRATION_COLUMNS} FROM orchestrations WHERE id = ?",
             (orchestration_id,),
         ).fetchone()
         if row is None:
@@ -240,7 +175,7 @@ class SqliteStore:
             last = self.get_orchestration(before)
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")
             args.extend([last.created_at, last.created_at, last.id])
-        sql = f"SELECT {_ORCHESTRATION_COLUMNS} FROM orchestrations"
+        sql = f"SELECT {ORCHESTRATION_COLUMNS} FROM orchestrations"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
@@ -290,10 +225,10 @@ class SqliteStore:
     ) -> list[ClaimedInstance]:
         which, key = ("shard = ?", shard) if job_id is None else ("job_id = ?", job_id)
         with self._write() as db:
-            _next_stamp(db, orchestration_id)
+            next_stamp(db, orchestration_id)
             rows = db.execute(
                 "UPDATE jobs SET status = 'InProgress', attempts = attempts + 1, owner = ?,"
-                f" lease_until = ?, started_at = ?, changed = {_STAMP}"
+                f" lease_until = ?, started_at = ?, changed = {STAMP}"
                 " WHERE orchestration_id = ? AND idx IN ("
                 f"   SELECT idx FROM jobs WHERE orchestration_id = ? AND {which}"
                 "   AND status = 'Pending' AND not_before <= ? ORDER BY not_before, idx LIMIT ?)"
@@ -330,7 +265,7 @@ class SqliteStore:
         now = time.time()
         applied = 0
         with self._write() as db:
-            _next_stamp(db, orchestration_id)
+            next_stamp(db, orchestration_id)
             for status in (Status.COMPLETED, Status.ERRORED, Status.PENDING):
                 rows = [
                     (
@@ -347,7 +282,7 @@ class SqliteStore:
                     continue
                 cur = db.executemany(
                     "UPDATE jobs SET status = ?, result = ?, error = ?, not_before = ?,"
-                    f" finished_at = ?, owner = NULL, lease_until = NULL, changed = {_STAMP}"
+                    f" finished_at = ?, owner = NULL, lease_until = NULL, changed = {STAMP}"
                     " WHERE orchestration_id = ? AND idx = ? AND owner = ?"
                     " AND status = 'InProgress'",
                     rows,
@@ -383,10 +318,10 @@ class SqliteStore:
         self, orchestration_id: str, shard: int, error: ErrorInfo, *, now: float
     ) -> int:
         with self._write() as db:
-            _next_stamp(db, orchestration_id)
+            next_stamp(db, orchestration_id)
             failed = db.execute(
                 "UPDATE jobs SET status = 'Errored', error = ?, finished_at = ?, owner = NULL,"
-                f" lease_until = NULL, changed = {_STAMP} WHERE orchestration_id = ?"
+                f" lease_until = NULL, changed = {STAMP} WHERE orchestration_id = ?"
                 " AND shard = ? AND status IN ('Pending', 'InProgress')",
                 (json.dumps(error.to_json()), now, orchestration_id, orchestration_id, shard),
             ).rowcount
@@ -408,10 +343,10 @@ class SqliteStore:
                 raise UnknownOrchestration(orchestration_id)
             if row[0] != Status.IN_PROGRESS.value:
                 return False
-            _next_stamp(db, orchestration_id)
+            next_stamp(db, orchestration_id)
             cancelled = db.execute(
                 "UPDATE jobs SET status = 'Cancelled', finished_at = ?, owner = NULL,"
-                f" lease_until = NULL, changed = {_STAMP} WHERE orchestration_id = ?"
+                f" lease_until = NULL, changed = {STAMP} WHERE orchestration_id = ?"
                 " AND status IN ('Pending', 'InProgress')",
                 (now, orchestration_id, orchestration_id),
             ).rowcount
@@ -469,21 +404,21 @@ class SqliteStore:
         limit: int = 100,
     ) -> list[JobInstance]:
         self.get_orchestration(orchestration_id)  # raises UnknownOrchestration
-        sql = f"SELECT {_INSTANCE_COLUMNS} FROM jobs WHERE orchestration_id = ? AND idx > ?"
+        sql = f"SELECT {INSTANCE_COLUMNS} FROM jobs WHERE orchestration_id = ? AND idx > ?"
         args: list[Any] = [orchestration_id, after_index]
         if status is not None:
             sql += " AND status = ?"
             args.append(status.value)
         rows = self._db.execute(sql + " ORDER BY idx LIMIT ?", [*args, limit]).fetchall()
-        return [_instance(r) for r in rows]
+        return [instance_of(r) for r in rows]
 
     def instance_changes(self, orchestration_id: str, *, after: float) -> list[JobInstance]:
         rows = self._db.execute(
-            f"SELECT {_INSTANCE_COLUMNS} FROM jobs WHERE orchestration_id = ? AND changed > ?"
+            f"SELECT {INSTANCE_COLUMNS} FROM jobs WHERE orchestration_id = ? AND changed > ?"
             " ORDER BY changed, idx",
             (orchestration_id, after),
         ).fetchall()
-        return [_instance(r) for r in rows]
+        return [instance_of(r) for r in rows]
 
     def change_cursor(self, orchestration_id: str) -> float:
         row = self._db.execute(
@@ -509,22 +444,3 @@ class SqliteStore:
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.02)
 
-
-def _next_stamp(db: sqlite3.Connection, orchestration_id: str) -> None:
-    db.execute("UPDATE orchestrations SET version = version + 1 WHERE id = ?", (orchestration_id,))
-
-
-def _instance(row: tuple[Any, ...]) -> JobInstance:
-    job_id, idx, status, attempts, params, result, error, started, finished, changed = row
-    return JobInstance(
-        job_id=job_id,
-        index=idx,
-        status=Status(status),
-        attempts=attempts,
-        params=json.loads(params),
-        result=None if result is None else json.loads(result),
-        error=None if error is None else ErrorInfo.from_json(json.loads(error)),
-        started_at=started,
-        finished_at=finished,
-        changed=float(changed),
-    )

@@ -1,0 +1,110 @@
+"""The embedded store's schema: it mirrors the Firestore layout (DESIGN.md, State), an
+orchestrations table and a jobs table keyed by (orchestration_id, index), plus the
+local event log's table."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from jobfleet.core.models import ErrorInfo, JobInstance, Status
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS orchestrations (
+    id TEXT PRIMARY KEY,
+    job_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    total INTEGER NOT NULL DEFAULT 0,
+    parallelism INTEGER NOT NULL,
+    retries INTEGER NOT NULL,
+    backoff REAL NOT NULL,
+    timeout REAL,
+    tags TEXT NOT NULL,
+    succeeded INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    cancelled INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    execution TEXT,
+    event_published INTEGER NOT NULL DEFAULT 0,
+    version INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS orchestrations_by_time ON orchestrations (created_at);
+CREATE TABLE IF NOT EXISTS jobs (
+    orchestration_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    job_id TEXT NOT NULL,
+    shard INTEGER NOT NULL,
+    params TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'Pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    owner TEXT,
+    lease_until REAL,
+    started_at REAL,
+    finished_at REAL,
+    result TEXT,
+    error TEXT,
+    changed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (orchestration_id, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_by_shard ON jobs (orchestration_id, shard, status, not_before);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner) WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_by_change ON jobs (orchestration_id, changed);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    orchestration_id TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+"""
+
+# Columns added after the first release: a home made by an older jobfleet gains them.
+ADDED_COLUMNS = {
+    "orchestrations": ("version", "INTEGER NOT NULL DEFAULT 0"),
+    "jobs": ("changed", "INTEGER NOT NULL DEFAULT 0"),
+}
+ORCHESTRATION_COLUMNS = (
+    "id, job_name, status, total, parallelism, retries, backoff, timeout, tags, succeeded,"
+    " failed, cancelled, created_at, finished_at, execution, event_published"
+)
+INSTANCE_COLUMNS = (
+    "job_id, idx, status, attempts, params, result, error, started_at, finished_at, changed"
+)
+# The next change stamp of an orchestration's instances, bumped once per statement (its
+# first parameter is the orchestration id). Writes are serialized (BEGIN IMMEDIATE), so
+# stamps follow commit order and `instance_changes` readers need no margin.
+STAMP = "(SELECT version FROM orchestrations WHERE id = ?)"
+
+
+def create_schema(db: sqlite3.Connection) -> None:
+    """Within the caller's write transaction; a home made by an older jobfleet is
+    brought up to date."""
+    for table, (column, kind) in ADDED_COLUMNS.items():
+        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        if have and column not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def next_stamp(db: sqlite3.Connection, orchestration_id: str) -> None:
+    db.execute("UPDATE orchestrations SET version = version + 1 WHERE id = ?", (orchestration_id,))
+
+
+def instance_of(row: tuple[Any, ...]) -> JobInstance:
+    job_id, idx, status, attempts, params, result, error, started, finished, changed = row
+    return JobInstance(
+        job_id=job_id,
+        index=idx,
+        status=Status(status),
+        attempts=attempts,
+        params=json.loads(params),
+        result=None if result is None else json.loads(result),
+        error=None if error is None else ErrorInfo.from_json(json.loads(error)),
+        started_at=started,
+        finished_at=finished,
+        changed=float(changed),
+    )
