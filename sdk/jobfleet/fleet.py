@@ -89,7 +89,7 @@ class Orchestration:
     def results(self, timeout: float | None = None) -> Results:
         """Wait, then `(successes, failures)`; `failures` is None when all succeeded."""
         self.wait(timeout)
-        return partition(self.fleet.backend.store.outcomes(self.id))
+        return self.results_so_far()
 
     def instances(
         self, *, status: Status | None = None, after_index: int = -1, limit: int = 100

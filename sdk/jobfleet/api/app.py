@@ -62,7 +62,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> Any:
         own = fleet is None
         app.state.fleet = JobFleet() if own else fleet
-        app.state.hub = LiveHub(app.state.fleet)
+        app.state.hub = LiveHub()
         app.state.metrics = Metrics(app.state.fleet, app.state.hub)
         try:
             yield
@@ -142,6 +142,10 @@ def problem(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     )
 
 
+def refusal(exc: AuthError) -> JSONResponse:
+    return problem(exc.status, type(exc).__name__.lower(), str(exc))
+
+
 def _describe(errors: Any) -> str:
     parts = []
     for err in errors:
@@ -163,7 +167,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(JobfleetError)
     async def sdk_error(request: Request, exc: JobfleetError) -> JSONResponse:
         if isinstance(exc, AuthError):
-            return problem(exc.status, type(exc).__name__.lower(), str(exc))
+            return refusal(exc)
         for kind, status, code in ERROR_STATUS:
             if isinstance(exc, kind):
                 extra = {"index": exc.index} if isinstance(exc, InvalidParams) else {}
@@ -214,7 +218,7 @@ class BearerAuth:
         try:
             principal = await run_in_threadpool(self._principal, request)
         except AuthError as exc:
-            response: Response = problem(exc.status, type(exc).__name__.lower(), str(exc))
+            response: Response = refusal(exc)
             if _is_page(request) and exc.status == 401:
                 response = FileResponse(STATIC / "login.html", status_code=401)
             await response(scope, receive, send)

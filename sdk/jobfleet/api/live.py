@@ -21,9 +21,15 @@ from dataclasses import dataclass, field
 
 from sse_starlette import ServerSentEvent
 
-from jobfleet.core.models import JobCompletedEvent, JobInstance, JsonObject, Status
+from jobfleet.core.models import (
+    JobCompletedEvent,
+    JobInstance,
+    JsonObject,
+    OrchestrationSnapshot,
+    Status,
+)
 from jobfleet.core.ports import Store
-from jobfleet.fleet import JobFleet, Orchestration
+from jobfleet.fleet import Orchestration
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +64,7 @@ def transition(instance: JobInstance) -> LiveEvent:
     return LiveEvent.of("transition", instance.to_json(), transition_id(instance))
 
 
-def completed(orchestration: Orchestration) -> LiveEvent:
-    snap = orchestration.status()
+def completed(snap: OrchestrationSnapshot) -> LiveEvent:
     return LiveEvent.of("completed", JobCompletedEvent.for_orchestration(snap).to_json())
 
 
@@ -138,7 +143,7 @@ class OrchestrationFeed:
                 events.append(LiveEvent.of("progress", snap.to_json()))
                 final = snap.status.terminal and snap.event_published
                 if final:
-                    events.append(completed(self.orchestration))
+                    events.append(completed(snap))
                 if not self._broadcast(events, final=final):
                     break
         except Exception:
@@ -153,8 +158,7 @@ class OrchestrationFeed:
 class LiveHub:
     """The feeds of the orchestrations being followed, one per orchestration."""
 
-    def __init__(self, fleet: JobFleet) -> None:
-        self.fleet = fleet
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._feeds: dict[str, OrchestrationFeed] = {}
 

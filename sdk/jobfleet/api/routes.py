@@ -6,7 +6,6 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
 from jobfleet.api import schemas
@@ -16,7 +15,7 @@ from jobfleet.core.options import parse_tag_filter
 from jobfleet.core.params import params_schema
 from jobfleet.core.registry import get_job, known_jobs
 from jobfleet.errors import JobfleetError, UnknownOrchestration
-from jobfleet.fleet import JobFleet
+from jobfleet.fleet import JobFleet, Orchestration
 
 PREFIX = "/v1"
 PING_SECONDS = 15
@@ -51,6 +50,12 @@ class UnknownPageToken(UnknownOrchestration):
 def fleet_of(request: Request) -> JobFleet:
     fleet: JobFleet = request.app.state.fleet
     return fleet
+
+
+def read_handle(request: Request, orchestration_id: str) -> Orchestration:
+    """A handle for a call that reads the orchestration anyway, and so raises
+    UnknownOrchestration itself: `JobFleet.orchestration` would read it once more."""
+    return Orchestration(fleet_of(request), orchestration_id)
 
 
 def hub_of(request: Request) -> LiveHub:
@@ -116,7 +121,7 @@ def history(
     responses=ERRORS, summary="One orchestration's status and counts",
 )
 def orchestration(orchestration_id: str, request: Request) -> dict[str, Any]:
-    return orchestration_json(fleet_of(request).orchestration(orchestration_id).status())
+    return orchestration_json(read_handle(request, orchestration_id).status())
 
 
 @router.get(
@@ -131,7 +136,7 @@ def jobs(
     page_token: Annotated[str | None, Query(pattern="^[0-9]{1,18}$")] = None,
 ) -> dict[str, Any]:
     after = -1 if page_token is None else int(page_token)
-    page: list[JobInstance] = fleet_of(request).orchestration(orchestration_id).instances(
+    page: list[JobInstance] = read_handle(request, orchestration_id).instances(
         status=status, after_index=after, limit=limit + 1
     )
     return {
@@ -146,7 +151,7 @@ def jobs(
 )
 def results(orchestration_id: str, request: Request) -> dict[str, Any]:
     """What has finished so far; `complete` says whether that is everything."""
-    handle = fleet_of(request).orchestration(orchestration_id)
+    handle = read_handle(request, orchestration_id)
     snap = handle.status()
     successes, failures = handle.results_so_far()
     return {
@@ -203,6 +208,3 @@ def registered_jobs() -> dict[str, Any]:
         })
     return {"jobs": found}
 
-
-def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status)
