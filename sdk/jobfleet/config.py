@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +14,7 @@ BACKENDS = ("local", "gcp")
 DEFAULT_REGION = "us-central1"
 DEFAULT_CLOUD_RUN_JOB = "jobfleet-worker"
 DEFAULT_TOPIC = "jobfleet-job-completed"
+DEFAULT_LEASE_SECONDS = 30.0
 
 
 def default_home(env: Mapping[str, str]) -> Path:
@@ -32,6 +33,9 @@ class Settings:
     cloud_run_job: str = DEFAULT_CLOUD_RUN_JOB
     cloud_run_endpoint: str | None = None
     topic: str = DEFAULT_TOPIC
+    # How long a worker's claim lives without a heartbeat: a worker silent for longer
+    # is treated as dead (stopped and replaced, its instances recovered).
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
 
     @classmethod
     def from_env(
@@ -61,6 +65,7 @@ class Settings:
             cloud_run_job=env.get("JOBFLEET_CLOUD_RUN_JOB") or DEFAULT_CLOUD_RUN_JOB,
             cloud_run_endpoint=env.get("JOBFLEET_CLOUD_RUN_ENDPOINT") or None,
             topic=env.get("JOBFLEET_TOPIC") or DEFAULT_TOPIC,
+            lease_seconds=_positive(env, "JOBFLEET_LEASE_SECONDS", DEFAULT_LEASE_SECONDS),
         )
 
     def require_project(self) -> str:
@@ -87,6 +92,7 @@ class Settings:
         env = {
             "JOBFLEET_BACKEND": self.backend,
             "JOBFLEET_JOBS": ",".join(self.jobs_modules),
+            "JOBFLEET_LEASE_SECONDS": str(self.lease_seconds),
         }
         if self.backend == "local":
             env["JOBFLEET_HOME"] = str(self.home)
@@ -94,3 +100,39 @@ class Settings:
             env["GOOGLE_CLOUD_PROJECT"] = self.require_project()
             env["JOBFLEET_TOPIC"] = self.topic
         return env
+
+    def worker_environment(
+        self,
+        job_name: str,
+        orchestration_id: str,
+        jobs: list[str],
+        *,
+        shard_offset: int = 0,
+        shards: Sequence[int] | None = None,
+    ) -> dict[str, str]:
+        """The worker contract (docs/design.md): what every task of an execution reads.
+        Task i works on shard `shard_offset + i`, or on `shards[i]` in a recovery."""
+        env = {
+            **self.environment(),
+            "JOBFLEET_JOBS": ",".join(dict.fromkeys([*self.jobs_modules, *jobs])),
+            "JOB_NAME": job_name,
+            "ORCHESTRATION_ID": orchestration_id,
+        }
+        if shards is not None:
+            env["JOBFLEET_SHARDS"] = ",".join(map(str, shards))
+        else:
+            env["JOBFLEET_SHARD_OFFSET"] = str(shard_offset)
+        return env
+
+
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise ConfigurationError(f"{name} must be a positive number of seconds, not {text!r}")
+    return value

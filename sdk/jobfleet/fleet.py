@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,14 @@ from jobfleet.core.models import (
 from jobfleet.core.options import check_options
 from jobfleet.core.registry import get_job, import_jobs, job_sources
 from jobfleet.core.results import Results, partition
+from jobfleet.core.sweep import Ports, sweep, sweep_orchestration
 from jobfleet.errors import LaunchFailed, NoEventHistory, WaitTimeout
 
 WATCH_SLICE_SECONDS = 1.0
 EVENT_HISTORY = 200  # orchestrations looked at when the event bus keeps no history
-LOST_CHECK_SECONDS = 2.0  # with no progress for this long, check the execution is alive
+# With no change for this long, a watcher sweeps the orchestration (core/sweep.py): it
+# never fails live work, and it brings back what a dead execution or publisher left.
+SWEEP_WHEN_QUIET_SECONDS = 5.0
 
 
 class Orchestration:
@@ -62,24 +66,9 @@ class Orchestration:
             if current != snap:
                 snap, quiet_since = current, time.monotonic()
                 yield snap
-            elif time.monotonic() - quiet_since >= LOST_CHECK_SECONDS:
-                self._recover_if_lost(snap)
+            elif time.monotonic() - quiet_since >= SWEEP_WHEN_QUIET_SECONDS:
+                sweep_orchestration(self.fleet.ports, snap)
                 quiet_since = time.monotonic()
-
-    def _recover_if_lost(self, snap: OrchestrationSnapshot) -> None:
-        """The reaper of last resort: the whole execution (supervisor and workers, or
-        every Cloud Run task) is gone while instances are unfinished. When every
-        instance is terminal, announcing is the completion detector's job."""
-        backend = self.fleet.backend
-        if snap.status.terminal:
-            settle(backend.store, backend.bus, self.id)  # an event whose publish failed
-        elif (
-            snap.execution
-            and backend.store.unfinished(self.id)
-            and not backend.launcher.is_running(snap.execution)
-        ):
-            abandon(backend.store, backend.bus, self.id,
-                    f"execution {snap.execution} ended with the instance unfinished")
 
     def wait(self, timeout: float | None = None) -> OrchestrationSnapshot:
         """Block until every instance is terminal and the completion event is out."""
@@ -136,6 +125,16 @@ class JobFleet:
     def close(self) -> None:
         self.backend.close()
 
+    @property
+    def ports(self) -> Ports:
+        return Ports(self.backend.store, self.backend.launcher, self.backend.bus)
+
+    def sweep(self) -> Counter[str]:
+        """Bring back whatever faults left behind, in every unsettled orchestration (see
+        core/sweep.py); returns how many orchestrations got each action. Safe to run at
+        any time, from any number of processes."""
+        return sweep(self.ports)
+
     def __enter__(self) -> JobFleet:
         return self
 
@@ -183,7 +182,13 @@ class JobFleet:
             # Nothing may stay InProgress with no worker to finish it.
             abandon(backend.store, backend.bus, new.id, f"launch failed: {exc}")
             raise LaunchFailed(new.id, exc) from exc
-        backend.store.set_execution(new.id, execution)
+        except BaseException:
+            # Interrupted (Ctrl-C) between commit and launch: what the user stopped ends
+            # Cancelled, announced. (A kick-off killed outright is launched by a sweep.)
+            Orchestration(self, new.id).cancel()
+            raise
+        if not backend.store.replace_execution(new.id, None, execution):
+            backend.launcher.cancel(execution)  # a sweep took this one for dead and launched it
         return Orchestration(self, new.id)
 
     async def kick_off_async(

@@ -23,16 +23,16 @@ from types import FrameType
 from typing import Any
 
 from jobfleet.backends import open_backend, open_store
-from jobfleet.config import Settings
+from jobfleet.config import DEFAULT_LEASE_SECONDS, Settings
 from jobfleet.core.completion import settle
 from jobfleet.core.models import ClaimedInstance, ErrorInfo, Outcome, Status
 from jobfleet.core.params import to_argument
 from jobfleet.core.ports import EventBus, Store
+from jobfleet.core.recovery import Owner, lost_worker_outcomes
 from jobfleet.core.registry import JobDefinition, get_job, import_jobs
 from jobfleet.core.retry import RetryPolicy
 from jobfleet.errors import JobfleetError, JobTimeout
 
-LEASE_SECONDS = 30.0
 MAX_BATCH = 256
 BATCH_SECONDS = 0.05  # aim a claim at about this much work
 FLUSH_SECONDS = 0.1  # record outcomes at least this often while a batch runs
@@ -44,7 +44,7 @@ EXIT_CANNOT_WORK = 3
 
 @dataclass(frozen=True, slots=True)
 class Assignment:
-    """What the environment contract (DESIGN.md) tells a worker to do."""
+    """What the environment contract (docs/design.md) tells a worker to do."""
 
     job_name: str
     orchestration_id: str
@@ -58,12 +58,16 @@ class Assignment:
         missing = [k for k in ("JOB_NAME", "ORCHESTRATION_ID") if not env.get(k)]
         if missing:
             raise JobfleetError(f"worker needs {' and '.join(missing)} in its environment")
+        task = int(env.get("CLOUD_RUN_TASK_INDEX", "0"))
+        shards = env.get("JOBFLEET_SHARDS")
+        if shards:  # a recovery execution: task i takes over the i-th listed shard
+            shard = int(shards.split(",")[task])
+        else:  # an orchestration split over several executions numbers its shards on
+            shard = int(env.get("JOBFLEET_SHARD_OFFSET", "0")) + task
         return cls(
             job_name=env["JOB_NAME"],
             orchestration_id=env["ORCHESTRATION_ID"],
-            # An orchestration split over several executions numbers its shards on.
-            task_index=int(env.get("JOBFLEET_SHARD_OFFSET", "0"))
-            + int(env.get("CLOUD_RUN_TASK_INDEX", "0")),
+            task_index=shard,
             task_count=int(env.get("CLOUD_RUN_TASK_COUNT", "1")),
             task_attempt=int(env.get("CLOUD_RUN_TASK_ATTEMPT", "0")),
             job_id=env.get("JOB_ID") or None,
@@ -71,11 +75,10 @@ class Assignment:
 
     @property
     def owner(self) -> str:
-        host = os.environ.get("HOSTNAME", "local")
-        return (
-            f"{self.orchestration_id}/task-{self.task_index}/attempt-{self.task_attempt}"
-            f"/{host}/{os.getpid()}"
-        )
+        host = os.environ.get("HOSTNAME", "local").replace("/", "-")
+        return str(Owner(
+            self.orchestration_id, self.task_index, self.task_attempt, host, os.getpid()
+        ))
 
 
 class AttemptRunner:
@@ -135,11 +138,14 @@ class Heartbeat(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        while not self.stopped.wait(self.lease / 3):
+        pause = self.lease / 3
+        while not self.stopped.wait(pause):
             try:
                 self.store.heartbeat(self.owner, now=time.time(), lease=self.lease)
-            except Exception as exc:  # a missed beat is retried; expiry is the backstop
+                pause = self.lease / 3
+            except Exception as exc:  # a missed beat is retried soon; expiry is the backstop
                 print(f"jobfleet worker: heartbeat failed: {exc}", file=sys.stderr)
+                pause = min(1.0, self.lease / 3)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -155,7 +161,7 @@ class Worker:
         store: Store,
         bus: EventBus,
         *,
-        lease: float = LEASE_SECONDS,
+        lease: float = DEFAULT_LEASE_SECONDS,
         settles: bool = True,
     ) -> None:
         self.a = assignment
@@ -219,7 +225,7 @@ class Worker:
             self.a.orchestration_id, now=now, shard=self.a.task_index
         )
         why = f"task {self.a.task_index} attempt {self.a.task_attempt - 1} was lost"
-        self.record([self.policy.after_worker_lost(c, now, why) for c in stale])
+        self.record(lost_worker_outcomes(stale, self.policy, why, now))
 
     def wait_for_ready_work(self) -> bool:
         """Sleep until the next retry is due; False when this share has nothing left."""
@@ -258,12 +264,12 @@ def main(env: Mapping[str, str] | None = None) -> int:
     except JobfleetError as exc:
         print(f"jobfleet worker: {exc}", file=sys.stderr)
         return EXIT_CANNOT_WORK
-    heartbeat = Heartbeat(open_store(settings), assignment.owner, LEASE_SECONDS)
+    heartbeat = Heartbeat(open_store(settings), assignment.owner, settings.lease_seconds)
     heartbeat.start()
     try:
         Worker(
             assignment, definition, backend.store, backend.bus,
-            settles=backend.worker_settles,
+            lease=settings.lease_seconds, settles=backend.worker_settles,
         ).run()
     finally:
         heartbeat.stop()

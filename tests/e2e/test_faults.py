@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import eventually
 from jobfleet import JobFleet, Status
 
 pytestmark = pytest.mark.slow
@@ -79,37 +80,45 @@ def test_killed_worker_without_retries_left_ends_errored_as_worker_lost(
     assert events_for(fleet, orchestration.id) == [Status.ERRORED]
 
 
-def test_every_kill_of_a_task_still_ends_terminal(fleet: JobFleet, tmp_path: Path) -> None:
-    """Kill each incarnation of the single task until it is out of attempts."""
-    params = [{"n": n, "seconds": 2, "dir": str(tmp_path)} for n in range(3)]
+def test_a_task_killed_past_its_retries_is_recovered_while_its_instances_have_some(
+    fleet: JobFleet, tmp_path: Path
+) -> None:
+    """Kill every incarnation of the single task until Cloud Run's task retries are used
+    up: each kill is charged to the one instance running, which has retries to spare, so
+    a recovery execution takes the shard over and everything completes."""
+    params = [{"n": n, "seconds": 1, "dir": str(tmp_path)} for n in range(3)]
     orchestration = fleet.kick_off("sleepy", params, parallelism=1, retries=5)
     killed: set[int] = set()
     for _ in range(4):  # the first attempt and its three retries
         killed.add(kill_a_running_worker(tmp_path, spare=frozenset(killed))[1])
     snap = orchestration.wait(timeout=90)
-    assert snap.status is Status.ERRORED
-    assert snap.counts.failed == 3 and snap.counts.done == 3
-    _, failures = orchestration.results()
-    assert failures is not None
-    assert {f.error.type for f in failures} == {"WorkerLost"}
-    assert events_for(fleet, orchestration.id) == [Status.ERRORED]
+    assert snap.status is Status.COMPLETED
+    assert snap.counts.succeeded == 3
+    attempts = {i.index: i.attempts for i in orchestration.instances()}
+    assert sum(attempts.values()) == 3 + 4  # one charged attempt per kill, no more
+    assert events_for(fleet, orchestration.id) == [Status.COMPLETED]
 
 
-def test_losing_the_whole_execution_still_ends_every_instance(
+def test_losing_the_whole_execution_charges_what_ran_and_recovers_the_rest(
     fleet: JobFleet, tmp_path: Path
 ) -> None:
-    """SIGKILL the supervisor and all its workers: whoever waits reaps the orchestration."""
-    params = [{"n": n, "seconds": 30, "dir": str(tmp_path)} for n in range(4)]
+    """SIGKILL the supervisor and all its workers: whoever waits sweeps the orchestration.
+    The two instances that were running are charged (no retries: Errored, WorkerLost);
+    the two never attempted are not failed for it: a recovery execution runs them."""
+    params = [
+        {"n": n, "seconds": 30 if n < 2 else 0.1, "dir": str(tmp_path)} for n in range(4)
+    ]
     orchestration = fleet.kick_off("sleepy", params, parallelism=2)
-    kill_a_running_worker(tmp_path)  # wait until work is under way
+    assert eventually(lambda: len(list(tmp_path.glob("running-*"))) == 2, timeout=30)
     execution = orchestration.status().execution
     assert execution is not None
     os.killpg(int(execution.rsplit("-", 1)[1]), signal.SIGKILL)
 
-    snap = orchestration.wait(timeout=30)
+    snap = orchestration.wait(timeout=60)
     assert snap.status is Status.ERRORED
-    assert snap.counts.failed == 4
-    _, failures = orchestration.results()
+    successes, failures = orchestration.results()
     assert failures is not None
+    assert sorted(f.index for f in failures) == [0, 1]
     assert {f.error.type for f in failures} == {"WorkerLost"}
+    assert sorted(s.index for s in successes) == [2, 3]
     assert events_for(fleet, orchestration.id) == [Status.ERRORED]

@@ -255,7 +255,7 @@ def test_past_ten_thousand_tasks_an_orchestration_is_split_into_executions(home:
         # The environment says which orchestration; the parameter sets stay in the store.
         assert set(execution.env) == {
             "JOB_NAME", "ORCHESTRATION_ID", "JOBFLEET_SHARD_OFFSET", "JOBFLEET_JOBS",
-            "JOBFLEET_BACKEND", "JOBFLEET_HOME",
+            "JOBFLEET_BACKEND", "JOBFLEET_HOME", "JOBFLEET_LEASE_SECONDS",
         }
         assert execution.env["ORCHESTRATION_ID"] == new.id
 

@@ -336,10 +336,11 @@ def test_listeners_of_orchestrations_nobody_asks_about_stop(
         store.change_token(kept)  # any use prunes the idle ones
 
         assert store._changes.listening == 1
-        store.set_execution(old, "executions/e-9")  # its own writes still count...
+        store.replace_execution(old, None, "executions/e-9")  # its own writes still count...
         moved = store.change_token(old)  # ...and asking again listens again
         assert moved != token and store._changes.listening == 2
-        writer = threading.Timer(0.2, other.set_execution, args=(old, "executions/e-10"))
+        writer = threading.Timer(0.2, other.replace_execution,
+                                 args=(old, "executions/e-9", "executions/e-10"))
         writer.start()
         assert store.wait_for_change(old, moved, timeout=WAIT) != moved  # pushed again
         writer.join()

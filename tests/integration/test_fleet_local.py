@@ -165,6 +165,11 @@ def test_a_launch_that_fails_ends_the_orchestration_instead_of_leaving_it_runnin
     fleet: JobFleet,
 ) -> None:
     class Unreachable:
+        launch_grace = 10.0
+
+        def stop_tasks(self, execution: str, owners: object) -> bool:
+            return False
+
         def launch(self, *args: object) -> str:
             raise OSError("no route to the compute API")
 

@@ -40,7 +40,8 @@ def test_processes_creating_the_same_new_home_at_once_all_succeed(tmp_path: Path
 def test_a_home_made_by_the_previous_release_opens_and_keeps_its_history(
     tmp_path: Path,
 ) -> None:
-    """Its tables lack the change-stamp columns; opening adds them, keeping every row."""
+    """Its tables lack the later columns, and its jobs table has no rowid; opening adds
+    them and rebuilds the table, keeping every row."""
     import sqlite3
 
     from jobfleet.backends.local.schema import ADDED_COLUMNS, SCHEMA
@@ -48,8 +49,11 @@ def test_a_home_made_by_the_previous_release_opens_and_keeps_its_history(
     path = tmp_path / "jobfleet.db"
     old = sqlite3.connect(path)
     old_schema = SCHEMA
-    for column, kind in ADDED_COLUMNS.values():
+    for _, column, kind in ADDED_COLUMNS:
         old_schema = old_schema.replace(f",\n    {column} {kind}", "")
+    old_schema = old_schema.replace("PRIMARY KEY (orchestration_id, idx)\n);",
+                                    "PRIMARY KEY (orchestration_id, idx)\n) WITHOUT ROWID;")
+    assert "WITHOUT ROWID" in old_schema
     old.executescript(old_schema.replace("CREATE INDEX IF NOT EXISTS jobs_by_change", "--"))
     old.execute(
         "INSERT INTO orchestrations (id, job_name, status, total, parallelism, retries,"
@@ -62,6 +66,10 @@ def test_a_home_made_by_the_previous_release_opens_and_keeps_its_history(
     old.close()
 
     store = SqliteStore(path)
+    check = sqlite3.connect(path)
+    [jobs_sql] = check.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs'").fetchone()
+    check.close()
+    assert "WITHOUT ROWID" not in jobs_sql.upper()
     claimed = store.claim("o-1", 0, "task-0", limit=1, now=time.time(), lease=30)
 
     assert [c.params for c in claimed] == [{"n": 1}]

@@ -172,7 +172,7 @@ class TestStoreContract:
 
     def test_set_execution_is_recorded(self, store: Store) -> None:
         oid = create(store)
-        store.set_execution(oid, "executions/thumbnail-abc12")
+        store.replace_execution(oid, None, "executions/thumbnail-abc12")
         assert store.get_orchestration(oid).execution == "executions/thumbnail-abc12"
 
     # -- claiming -------------------------------------------------------------------------
@@ -808,7 +808,7 @@ class TestStoreContract:
         oid = create(store)
         other = store_factory.open()
         token = store.change_token(oid)
-        writer = threading.Timer(0.1, other.set_execution, args=(oid, "executions/e-1"))
+        writer = threading.Timer(0.1, other.replace_execution, args=(oid, None, "executions/e-1"))
 
         started = time.monotonic()
         writer.start()

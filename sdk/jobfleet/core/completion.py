@@ -30,13 +30,19 @@ def final_status(counts: Counts) -> Status | None:
     return Status.COMPLETED
 
 
+PUBLISH_HOLD_SECONDS = 30.0
+
+
 def settle(store: Store, bus: EventBus, orchestration_id: str) -> OrchestrationSnapshot:
     """Flip a finished orchestration and publish its event; safe to call any number of times.
 
-    The flip is a conditional write in the store, so exactly one caller wins it. The
-    publish is recorded after it succeeds; a caller that finds a terminal orchestration
-    whose event is not recorded publishes again (the event id is deterministic, so a
-    subscriber drops the rare duplicate) — a failed publish is retried, never lost.
+    The flip is a conditional write in the store, so exactly one caller wins it. Of the
+    callers that then find the event unpublished, one takes a short publish claim (a
+    conditional write too) and publishes; the others leave it to that one. The publish
+    is recorded after it succeeds; a publisher that dies first (or whose publish fails)
+    is replaced once its claim runs out, by the next settle or sweep: the event is
+    published once, or again only after a death, never lost. Its id is deterministic,
+    so a subscriber can drop that rare second copy.
     """
     snap = store.get_orchestration(orchestration_id)
     if snap.status is Status.IN_PROGRESS:
@@ -45,8 +51,16 @@ def settle(store: Store, bus: EventBus, orchestration_id: str) -> OrchestrationS
             return snap
         store.finish_orchestration(orchestration_id, final, time.time())
         snap = store.get_orchestration(orchestration_id)
-    if snap.status.terminal and not snap.event_published:
-        bus.publish(JobCompletedEvent.for_orchestration(snap))
+    if (
+        snap.status.terminal
+        and not snap.event_published
+        and store.claim_publish(orchestration_id, now=time.time(), hold=PUBLISH_HOLD_SECONDS)
+    ):
+        try:
+            bus.publish(JobCompletedEvent.for_orchestration(snap))
+        except BaseException:
+            store.release_publish(orchestration_id)
+            raise
         store.mark_event_published(orchestration_id)
         snap = store.get_orchestration(orchestration_id)
     return snap
@@ -68,10 +82,10 @@ def settle_after_instance(
 
 
 def abandon(store: Store, bus: EventBus, orchestration_id: str, why: str) -> OrchestrationSnapshot:
-    """The execution is gone with instances unfinished: they end Errored (WorkerLost),
-    so that nothing stays InProgress forever, and the end is announced."""
-    snap = store.get_orchestration(orchestration_id)
+    """No worker will ever run what is unfinished (a launch failed; executions stopped
+    making progress): it ends Errored (WorkerLost), so that nothing stays InProgress
+    forever, and the end is announced."""
     error = ErrorInfo(type=WORKER_LOST, message=why)
-    for shard in range(snap.options.parallelism):
+    for shard in store.unfinished_shards(orchestration_id):
         store.give_up(orchestration_id, shard, error, now=time.time())
     return settle(store, bus, orchestration_id)

@@ -114,6 +114,9 @@ class OrchestrationSnapshot:
     finished_at: float | None = None
     execution: str | None = None
     event_published: bool = False
+    # What `Store.progress` said when the current execution was launched: a recovery
+    # is launched only while executions keep making progress.
+    launch_progress: int = 0
 
     def to_json(self) -> JsonObject:
         c = self.counts
@@ -155,6 +158,10 @@ class Outcome:
     result: Any = None
     error: ErrorInfo | None = None
     not_before: float = 0.0
+    # A Pending outcome of an attempt that never really ran (its worker died holding it
+    # among others): the attempt is given back, and the instance runs alone from now on.
+    refund: bool = False
+    isolate: bool = False
 
 
 @dataclass(frozen=True, slots=True)

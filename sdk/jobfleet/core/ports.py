@@ -72,8 +72,24 @@ class Store(Protocol):
     def change_cursor(self, orchestration_id: str) -> float:
         """A `changed` stamp at least as late as every instance write so far."""
 
-    def set_execution(self, orchestration_id: str, execution: str) -> None:
-        """Record where the orchestration runs (a Cloud Run execution, a local process)."""
+    def replace_execution(
+        self, orchestration_id: str, expected: str | None, execution: str, *, progress: int = 0
+    ) -> bool:
+        """Record where the orchestration runs (Cloud Run executions, local processes),
+        and `progress` as it stood when that was launched, if it still runs at `expected`
+        (None: not launched yet); False if another caller recorded a launch first."""
+
+    def unsettled_orchestrations(self) -> list[OrchestrationSnapshot]:
+        """Every orchestration still InProgress or whose event is not yet recorded, oldest
+        first: what a sweep looks at. Its cost follows these, not the history."""
+
+    def progress(self, orchestration_id: str) -> int:
+        """A number that grows whenever an execution moves the orchestration on: instances
+        ended, attempts charged, instances isolated. A recovery that leaves it where it was
+        made no progress."""
+
+    def unfinished_shards(self, orchestration_id: str) -> list[int]:
+        """The shards with an instance not yet terminal, in order."""
 
     def claim(
         self,
@@ -87,7 +103,8 @@ class Store(Protocol):
         job_id: str | None = None,
     ) -> list[ClaimedInstance]:
         """Move up to `limit` ready Pending instances of `shard` (or just `job_id`) to
-        InProgress for `owner`, counting an attempt for each."""
+        InProgress for `owner`, counting an attempt for each. An isolated instance (see
+        core/recovery.py) is only ever claimed alone."""
 
     def heartbeat(self, owner: str, *, now: float, lease: float) -> int:
         """Extend the lease of every instance `owner` holds; returns how many."""
@@ -99,7 +116,9 @@ class Store(Protocol):
         instance of that shard (a task attempt starting means the previous one is gone)."""
 
     def record_outcomes(self, orchestration_id: str, outcomes: Sequence[Outcome]) -> int:
-        """Apply outcomes whose owner still holds the lease; returns how many applied."""
+        """Apply outcomes whose owner still holds the lease; returns how many applied. A
+        Pending outcome with `refund` gives its attempt back; with `isolate`, the instance
+        is claimed alone from then on."""
 
     def give_up(
         self, orchestration_id: str, shard: int, error: ErrorInfo, *, now: float
@@ -117,6 +136,14 @@ class Store(Protocol):
 
     def finish_orchestration(self, orchestration_id: str, status: Status, now: float) -> bool:
         """Flip InProgress to `status`; True for the one caller that made the flip."""
+
+    def claim_publish(self, orchestration_id: str, *, now: float, hold: float) -> bool:
+        """Take the right to publish an ended orchestration's event for `hold` seconds;
+        False while another caller holds it, or once the event is recorded. A publisher
+        that dies before recording its publish is replaced when its hold runs out."""
+
+    def release_publish(self, orchestration_id: str) -> None:
+        """Give the publish claim back (the publish failed): the next caller may retry."""
 
     def mark_event_published(self, orchestration_id: str) -> None: ...
 
@@ -137,17 +164,34 @@ class Store(Protocol):
 
 
 class Launcher(Protocol):
-    def launch(self, orchestration: NewOrchestration, task_count: int, jobs: list[str]) -> str:
+    launch_grace: float
+    """Seconds an orchestration may stay unlaunched before a sweep launches it (the kick-off
+    that committed it is presumed dead): longer than a launch can take."""
+
+    def launch(
+        self,
+        orchestration: NewOrchestration,
+        task_count: int,
+        jobs: list[str],
+        shards: Sequence[int] | None = None,
+    ) -> str:
         """Start `task_count` workers for an orchestration; returns an execution name.
 
         `jobs` names the modules (or script files) that workers import to find the job.
+        Task i works on shard i, or on `shards[i]` for a recovery of some shards.
         """
 
     def cancel(self, execution: str) -> None:
         """Stop the workers of an execution."""
 
     def is_running(self, execution: str) -> bool:
-        """False once the execution has ended, for good or lost."""
+        """False once every task of the execution has ended, for good or lost; True while
+        any may still be working."""
+
+    def stop_tasks(self, execution: str, owners: Sequence[str]) -> bool:
+        """Stop the tasks whose workers are the given claim owners (hung: their leases
+        expired), so that they are replaced; False where that cannot be done (Cloud Run
+        stops a task only at its timeout)."""
 
 
 class EventBus(Protocol):

@@ -17,6 +17,7 @@ waiting for every task to finish.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -41,6 +42,9 @@ from jobfleet.core.models import NewOrchestration
 from jobfleet.errors import ConfigurationError, JobfleetError
 
 MAX_TASKS_PER_EXECUTION = 10_000  # Cloud Run's cap
+# A RunJob call is retried for up to a minute (ADMIN_API_RETRY): an orchestration with no
+# execution for longer than this was committed by a kick-off that died before launching.
+LAUNCH_GRACE_SECONDS = 120.0
 CALL_TIMEOUT_SECONDS = 30.0
 
 # Quota (429) and server-side hiccups (500, 502, 503, 504 and its gRPC twin
@@ -94,29 +98,32 @@ class CloudRunLauncher:
             self._executions = _client(run_v2.ExecutionsClient, self.settings)
         return self._executions
 
-    def launch(self, orchestration: NewOrchestration, task_count: int, jobs: list[str]) -> str:
+    launch_grace = LAUNCH_GRACE_SECONDS
+
+    def launch(
+        self,
+        orchestration: NewOrchestration,
+        task_count: int,
+        jobs: list[str],
+        shards: Sequence[int] | None = None,
+    ) -> str:
         """One execution per 10,000 tasks; all of them start, or none is left running."""
         started: list[str] = []
         try:
             for offset in range(0, task_count, MAX_TASKS_PER_EXECUTION):
                 count = min(MAX_TASKS_PER_EXECUTION, task_count - offset)
-                started.append(self._run(orchestration, count, offset, jobs))
+                env = self.settings.worker_environment(
+                    orchestration.job_name, orchestration.id, jobs, shard_offset=offset,
+                    shards=None if shards is None else shards[offset: offset + count],
+                )
+                started.append(self._run(env, count))
         except Exception:
             with contextlib.suppress(Exception):
                 self.cancel(",".join(started))
             raise
         return ",".join(started)
 
-    def _run(
-        self, orchestration: NewOrchestration, task_count: int, offset: int, jobs: list[str]
-    ) -> str:
-        env = {
-            **self.settings.environment(),
-            "JOBFLEET_JOBS": ",".join(dict.fromkeys([*self.settings.jobs_modules, *jobs])),
-            "JOB_NAME": orchestration.job_name,
-            "ORCHESTRATION_ID": orchestration.id,
-            "JOBFLEET_SHARD_OFFSET": str(offset),
-        }
+    def _run(self, env: dict[str, str], task_count: int) -> str:
         overrides = run_v2.RunJobRequest.Overrides(
             task_count=task_count,
             container_overrides=[
@@ -152,6 +159,11 @@ class CloudRunLauncher:
                 )
             except (NotFound, FailedPrecondition):
                 pass  # gone, or ended already
+
+    def stop_tasks(self, execution: str, owners: Sequence[str]) -> bool:
+        """Cloud Run stops a single task only at its timeout: the sweep runs a recovery
+        execution for the hung tasks' shards instead."""
+        return False
 
     def is_running(self, execution: str) -> bool:
         """Running while any of its executions has no completion time. A failed call

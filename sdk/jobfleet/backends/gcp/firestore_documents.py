@@ -150,6 +150,8 @@ def new_orchestration(o: NewOrchestration, *, total: int) -> JsonObject:
         "finished_at": None,
         "execution": None,
         "event_published": False,
+        "launch_progress": 0,
+        "publish_claim": None,
     }
 
 
@@ -180,6 +182,7 @@ def new_job(o: NewOrchestration, instance: NewInstance) -> JsonObject:
         "result": None,
         "error": None,
         "changed": 0.0,
+        "isolated": False,
         "orchestration_id": o.id,
         "job_name": o.job_name,
     }
@@ -213,6 +216,7 @@ def orchestration_snapshot(doc: Snapshot, sums: dict[str, int]) -> Orchestration
         finished_at=data["finished_at"],
         execution=data["execution"],
         event_published=bool(data["event_published"]),
+        launch_progress=int(data.get("launch_progress") or 0),
     )
 
 

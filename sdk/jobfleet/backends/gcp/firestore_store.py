@@ -213,8 +213,88 @@ class FirestoreStore:
         with ThreadPoolExecutor(8, thread_name_prefix="jobfleet-list") as pool:
             return list(pool.map(self._snapshot, docs))
 
-    def set_execution(self, orchestration_id: str, execution: str) -> None:
-        self._update(orchestration_id, {"execution": execution})
+    def replace_execution(
+        self, orchestration_id: str, expected: str | None, execution: str, *, progress: int = 0
+    ) -> bool:
+        return self._update_if(
+            orchestration_id,
+            lambda doc: doc.get("execution") == expected,
+            {"execution": execution, "launch_progress": progress},
+        )
+
+    def claim_publish(self, orchestration_id: str, *, now: float, hold: float) -> bool:
+        def free(doc: Snapshot) -> bool:
+            data = doc.to_dict() or {}
+            claim = data.get("publish_claim")
+            return (
+                data.get("status") != IN_PROGRESS
+                and not data.get("event_published")
+                and (claim is None or claim < now)
+            )
+
+        return self._update_if(orchestration_id, free, {"publish_claim": now + hold})
+
+    def _update_if(
+        self, orchestration_id: str, condition: Callable[[Snapshot], bool], fields: JsonObject
+    ) -> bool:
+        """Update the orchestration if `condition` holds of it, as one conditional write:
+        of concurrent callers that all see it hold, exactly one wins. Optimistic rather
+        than a transaction, for the reason finish_orchestration gives."""
+        ref = self._ref(orchestration_id)
+        for _ in range(CONFLICT_ATTEMPTS):
+            doc = ref.get()
+            if not doc.exists or not condition(doc):
+                return False
+            try:
+                ref.update(
+                    fields, option=self._client.write_option(last_update_time=doc.update_time)
+                )
+            except (exceptions.FailedPrecondition, exceptions.Aborted):
+                _pause()  # then, had it landed after all, the next read says so
+                continue
+            self._changes.bump(orchestration_id)
+            return True
+        raise JobfleetError(
+            f"could not update orchestration {orchestration_id}: its document changed "
+            f"{CONFLICT_ATTEMPTS} times in a row while being read; try again"
+        )
+
+    def unsettled_orchestrations(self) -> list[OrchestrationSnapshot]:
+        """Two equality queries (single-field indexes): the unfinished ones, and the ended
+        ones whose event is not recorded."""
+        found = {
+            doc.id: doc
+            for query in (
+                self._orchestrations.where(filter=_where("status", "==", IN_PROGRESS)),
+                self._orchestrations.where(filter=_where("event_published", "==", False)),
+            )
+            for doc in query.stream()
+        }
+        docs = sorted(found.values(), key=lambda d: d.get("created_at"))
+        with ThreadPoolExecutor(8, thread_name_prefix="jobfleet-sweep") as pool:
+            return list(pool.map(self._snapshot, docs))
+
+    def progress(self, orchestration_id: str) -> int:
+        ref = self._ref(orchestration_id)
+        jobs: Any = ref.collection(JOBS)
+        attempts = _aggregate(jobs.sum("attempts", alias="attempts"))["attempts"]
+        isolated = _aggregate(
+            jobs.where(filter=_where("isolated", "==", True)).count(alias="isolated")
+        )["isolated"]
+        sums = self._shard_sums(ref)
+        return attempts + isolated + sum(int(sums.get(COUNTER[s], 0)) for s in TERMINAL)
+
+    def unfinished_shards(self, orchestration_id: str) -> list[int]:
+        shards = []
+        for doc in self._ref(orchestration_id).collection(SHARDS).stream():
+            counts = doc.to_dict() or {}
+            done = sum(int(counts.get(COUNTER[status], 0)) for status in TERMINAL)
+            if int(counts.get("total", 0)) > done:
+                shards.append(int(doc.id))
+        return sorted(shards)
+
+    def release_publish(self, orchestration_id: str) -> None:
+        self._update(orchestration_id, {"publish_claim": None})
 
     def mark_event_published(self, orchestration_id: str) -> None:
         self._update(orchestration_id, {"event_published": True})
@@ -238,6 +318,8 @@ class FirestoreStore:
         ref = self._ref(orchestration_id)
         for _ in range(CONFLICT_ATTEMPTS):
             ready = self._ready(ref, shard, now, min(limit, CHUNK), job_id)
+            alone = [doc for doc in ready if doc.get("isolated")]
+            ready = alone[:1] or ready
             if not ready:
                 return []
             writes = self._client.batch()
@@ -372,6 +454,8 @@ class FirestoreStore:
                 continue
             del held[o.job_id]
             transaction.update(refs[o.job_id], {
+                "attempts": int(doc.get("attempts")) - int(o.refund),
+                **({"isolated": True} if o.isolate else {}),
                 "status": o.status.value,
                 "result": None if o.result is None else json.dumps(o.result),
                 "error": None if o.error is None else o.error.to_json(),
@@ -471,24 +555,10 @@ class FirestoreStore:
         on each other's locks until a two-second timeout, again and again while more
         callers arrive. The flip is written on condition that the document is unchanged
         since it was read; a loser fails at once and reads again."""
-        ref = self._ref(orchestration_id)
-        for _ in range(CONFLICT_ATTEMPTS):
-            doc = ref.get()
-            if not doc.exists or doc.get("status") != IN_PROGRESS:
-                return False
-            try:
-                ref.update(
-                    {"status": status.value, "finished_at": now},
-                    option=self._client.write_option(last_update_time=doc.update_time),
-                )
-            except (exceptions.FailedPrecondition, exceptions.Aborted):
-                _pause()  # then, had it landed after all, the next read says so
-                continue
-            self._changes.bump(orchestration_id)
-            return True
-        raise JobfleetError(
-            f"could not finish orchestration {orchestration_id}: its document changed "
-            f"{CONFLICT_ATTEMPTS} times in a row while being read; try again"
+        return self._update_if(
+            orchestration_id,
+            lambda doc: doc.get("status") == IN_PROGRESS,
+            {"status": status.value, "finished_at": now},
         )
 
     def outcomes(self, orchestration_id: str) -> Iterator[Success | Failure]:

@@ -1,36 +1,49 @@
 """The local launcher: a detached supervisor process per orchestration, like one
-Cloud Run execution, whose tasks are `jobfleet worker` processes."""
+Cloud Run execution, whose tasks are `jobfleet worker` processes in its process group."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from jobfleet.config import Settings
 from jobfleet.core.models import NewOrchestration
+from jobfleet.core.recovery import Owner
 
 EXECUTION_PREFIX = "local-pid-"
 SUPERVISOR_MODULE = "jobfleet.backends.local.supervisor"
+LAUNCH_GRACE_SECONDS = 10.0  # a local launch takes milliseconds
 
 
 class ProcessLauncher:
+    launch_grace = LAUNCH_GRACE_SECONDS
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def launch(self, orchestration: NewOrchestration, task_count: int, jobs: list[str]) -> str:
+    def launch(
+        self,
+        orchestration: NewOrchestration,
+        task_count: int,
+        jobs: list[str],
+        shards: Sequence[int] | None = None,
+    ) -> str:
         self.settings.logs.mkdir(parents=True, exist_ok=True)
         log = self.settings.log_of(orchestration.id)
         env = {
             **os.environ,
-            **self.settings.environment(),
-            "JOBFLEET_JOBS": ",".join(dict.fromkeys([*self.settings.jobs_modules, *jobs])),
-            "JOB_NAME": orchestration.job_name,
-            "ORCHESTRATION_ID": orchestration.id,
+            **self.settings.worker_environment(
+                orchestration.job_name, orchestration.id, jobs, shards=shards
+            ),
             "CLOUD_RUN_TASK_COUNT": str(task_count),
         }
+        if shards is None:
+            env.pop("JOBFLEET_SHARDS", None)  # not inherited from a recovering supervisor
         with open(log, "ab") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", SUPERVISOR_MODULE],
@@ -43,23 +56,79 @@ class ProcessLauncher:
         return f"{EXECUTION_PREFIX}{process.pid}"
 
     def is_running(self, execution: str) -> bool:
-        """The supervisor's process is alive (and is still a supervisor, not a reused pid)."""
-        try:
-            cmdline = Path(f"/proc/{_pid(execution)}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            return False
-        return SUPERVISOR_MODULE.encode() in cmdline
+        """While its supervisor or any of its workers lives: a worker whose supervisor was
+        killed still finishes its share, and must not be given up on."""
+        return any(_group_alive(pid) for pid in _pids(execution))
 
     def cancel(self, execution: str) -> None:
-        if not self.is_running(execution):
-            return
+        for pid in _pids(execution):
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
+                if _group_alive(pid):
+                    os.killpg(pid, signal.SIGTERM)
+                    _kill_stopped(pid)
+
+    def stop_tasks(self, execution: str, owners: Sequence[str]) -> bool:
+        """SIGKILL the hung workers (a stopped process too): their supervisor runs their
+        tasks again, the way Cloud Run retries a task that hit its timeout."""
+        groups = set(_pids(execution))
+        for text in owners:
+            owner = Owner.parse(text)
+            if owner is None:
+                continue
+            with contextlib.suppress(OSError):
+                if os.getpgid(owner.pid) in groups and _is_worker(owner.pid):
+                    os.kill(owner.pid, signal.SIGKILL)
+        return True
+
+
+def _pids(execution: str) -> list[int]:
+    pids = []
+    for name in execution.split(","):
+        if not name.startswith(EXECUTION_PREFIX):
+            raise ValueError(f"not a local execution: {name!r}")
+        pids.append(int(name.removeprefix(EXECUTION_PREFIX)))
+    return pids
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of a process group, from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            os.killpg(_pid(execution), signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass  # already gone
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
 
 
-def _pid(execution: str) -> int:
-    if not execution.startswith(EXECUTION_PREFIX):
-        raise ValueError(f"not a local execution: {execution!r}")
-    return int(execution.removeprefix(EXECUTION_PREFIX))
+def _group_alive(pgid: int) -> bool:
+    return any(_is_ours(pid) for pid in _group_members(pgid))
+
+
+def _is_ours(pid: int) -> bool:
+    """A jobfleet supervisor or worker, not a process that reused the number."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"jobfleet" in cmdline
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        return b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _kill_stopped(pgid: int) -> None:
+    """A stopped process never sees SIGTERM: it ends with SIGKILL."""
+    for pid in _group_members(pgid):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+                os.kill(pid, signal.SIGKILL)

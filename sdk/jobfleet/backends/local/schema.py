@@ -28,9 +28,13 @@ CREATE TABLE IF NOT EXISTS orchestrations (
     finished_at REAL,
     execution TEXT,
     event_published INTEGER NOT NULL DEFAULT 0,
-    version INTEGER NOT NULL DEFAULT 0
+    version INTEGER NOT NULL DEFAULT 0,
+    launch_progress INTEGER NOT NULL DEFAULT 0,
+    publish_claim REAL
 );
 CREATE INDEX IF NOT EXISTS orchestrations_by_time ON orchestrations (created_at);
+CREATE INDEX IF NOT EXISTS orchestrations_unsettled ON orchestrations (created_at)
+    WHERE status = 'InProgress' OR event_published = 0;
 CREATE TABLE IF NOT EXISTS jobs (
     orchestration_id TEXT NOT NULL,
     idx INTEGER NOT NULL,
@@ -47,8 +51,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,
     error TEXT,
     changed INTEGER NOT NULL DEFAULT 0,
+    isolated INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (orchestration_id, idx)
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS jobs_by_shard ON jobs (orchestration_id, shard, status, not_before);
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner) WHERE owner IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_by_change ON jobs (orchestration_id, changed);
@@ -61,13 +66,16 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 # Columns added after the first release: a home made by an older jobfleet gains them.
-ADDED_COLUMNS = {
-    "orchestrations": ("version", "INTEGER NOT NULL DEFAULT 0"),
-    "jobs": ("changed", "INTEGER NOT NULL DEFAULT 0"),
-}
+ADDED_COLUMNS = (
+    ("orchestrations", "version", "INTEGER NOT NULL DEFAULT 0"),
+    ("orchestrations", "launch_progress", "INTEGER NOT NULL DEFAULT 0"),
+    ("orchestrations", "publish_claim", "REAL"),
+    ("jobs", "changed", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "isolated", "INTEGER NOT NULL DEFAULT 0"),
+)
 ORCHESTRATION_COLUMNS = (
     "id, job_name, status, total, parallelism, retries, backoff, timeout, tags, succeeded,"
-    " failed, cancelled, created_at, finished_at, execution, event_published"
+    " failed, cancelled, created_at, finished_at, execution, event_published, launch_progress"
 )
 INSTANCE_COLUMNS = (
     "job_id, idx, status, attempts, params, result, error, started_at, finished_at, changed"
@@ -81,10 +89,11 @@ STAMP = "(SELECT version FROM orchestrations WHERE id = ?)"
 def create_schema(db: sqlite3.Connection) -> None:
     """Within the caller's write transaction; a home made by an older jobfleet is
     brought up to date."""
-    for table, (column, kind) in ADDED_COLUMNS.items():
+    for table, column, kind in ADDED_COLUMNS:
         have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
         if have and column not in have:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    _give_jobs_a_rowid(db)
     for statement in SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
@@ -108,3 +117,19 @@ def instance_of(row: tuple[Any, ...]) -> JobInstance:
         finished_at=finished,
         changed=float(changed),
     )
+
+
+def _give_jobs_a_rowid(db: sqlite3.Connection) -> None:
+    """Releases before 0.2 kept `jobs` WITHOUT ROWID: rows live in the primary key's
+    b-tree, so one oversized parameter set made every later insert beside it slow (and
+    held the write lock for minutes). A rowid table keeps large rows in overflow pages."""
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'")
+    found = row.fetchone()
+    if found is None or "WITHOUT ROWID" not in found[0].upper():
+        return
+    columns = ", ".join(r[1] for r in db.execute("PRAGMA table_info(jobs)"))
+    db.execute("ALTER TABLE jobs RENAME TO jobs_without_rowid")
+    jobs_table = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS jobs"):]
+    db.execute(jobs_table[: jobs_table.index(";")])
+    db.execute(f"INSERT INTO jobs ({columns}) SELECT {columns} FROM jobs_without_rowid")
+    db.execute("DROP TABLE jobs_without_rowid")

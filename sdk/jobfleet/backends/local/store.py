@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,6 +41,10 @@ from jobfleet.core.models import (
 from jobfleet.errors import InvalidParams, UnknownOrchestration
 
 _DONE_COLUMN = {Status.COMPLETED: "succeeded", Status.ERRORED: "failed"}
+LOCK_PATIENCE = 3600.0  # seconds of waiting for the write lock before giving up
+# A reaper that waited this long for the write lock saw leases expire only because no
+# heartbeat could be written either: it reaps nothing until the heartbeats are through.
+LOCK_BLACKOUT = 1.0
 
 
 class SqliteStore:
@@ -53,6 +58,7 @@ class SqliteStore:
         self._local = threading.local()
         self._opened: list[sqlite3.Connection] = []
         self._opened_lock = threading.Lock()
+        self._blackout_until = 0.0
         self._use_wal()
         with self._write() as db:
             create_schema(db)
@@ -98,13 +104,28 @@ class SqliteStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        self._begin()
         try:
             yield self._db
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def _begin(self) -> float:
+        """Take the write lock, waiting out another process that holds it for long (a
+        worker must not crash because a neighbour is slow); returns the seconds waited."""
+        started = time.monotonic()
+        while True:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                return time.monotonic() - started
+            except sqlite3.OperationalError as exc:
+                waited = time.monotonic() - started
+                if "locked" not in str(exc) or waited > LOCK_PATIENCE:
+                    raise
+                print(f"jobfleet: {self.path} has been locked by another process for"
+                      f" {waited:.0f} s; still waiting", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         with self._opened_lock:
@@ -184,7 +205,8 @@ class SqliteStore:
 
     def _snapshot(self, row: tuple[Any, ...]) -> OrchestrationSnapshot:
         (oid, job_name, status, total, parallelism, retries, backoff, timeout, tags,
-         succeeded, failed, cancelled, created_at, finished_at, execution, published) = row
+         succeeded, failed, cancelled, created_at, finished_at, execution, published,
+         launch_progress) = row
         in_progress = 0
         if status == Status.IN_PROGRESS.value:
             in_progress = self._db.execute(
@@ -208,14 +230,45 @@ class SqliteStore:
             finished_at=finished_at,
             execution=execution,
             event_published=bool(published),
+            launch_progress=launch_progress,
         )
 
-    def set_execution(self, orchestration_id: str, execution: str) -> None:
+    def replace_execution(
+        self, orchestration_id: str, expected: str | None, execution: str, *, progress: int = 0
+    ) -> bool:
         with self._write() as db:
-            db.execute(
-                "UPDATE orchestrations SET execution = ? WHERE id = ?",
-                (execution, orchestration_id),
+            return (
+                db.execute(
+                    "UPDATE orchestrations SET execution = ?, launch_progress = ?"
+                    " WHERE id = ? AND execution IS ?",
+                    (execution, progress, orchestration_id, expected),
+                ).rowcount
+                == 1
             )
+
+    def unsettled_orchestrations(self) -> list[OrchestrationSnapshot]:
+        rows = self._db.execute(
+            f"SELECT {ORCHESTRATION_COLUMNS} FROM orchestrations"
+            " WHERE status = 'InProgress' OR event_published = 0 ORDER BY created_at"
+        ).fetchall()
+        return [self._snapshot(r) for r in rows]
+
+    def progress(self, orchestration_id: str) -> int:
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(attempts), 0) + COALESCE(SUM(isolated), 0)"
+            " + COALESCE(SUM(status IN ('Completed', 'Errored', 'Cancelled')), 0)"
+            " FROM jobs WHERE orchestration_id = ?",
+            (orchestration_id,),
+        ).fetchone()
+        return int(row[0])
+
+    def unfinished_shards(self, orchestration_id: str) -> list[int]:
+        rows = self._db.execute(
+            "SELECT DISTINCT shard FROM jobs WHERE orchestration_id = ?"
+            " AND status IN ('Pending', 'InProgress') ORDER BY shard",
+            (orchestration_id,),
+        ).fetchall()
+        return [int(r[0]) for r in rows]
 
     # -- the worker's side ----------------------------------------------------------
 
@@ -225,16 +278,22 @@ class SqliteStore:
     ) -> list[ClaimedInstance]:
         which, key = ("shard = ?", shard) if job_id is None else ("job_id = ?", job_id)
         with self._write() as db:
+            ready = db.execute(
+                f"SELECT idx, isolated FROM jobs WHERE orchestration_id = ? AND {which}"
+                " AND status = 'Pending' AND not_before <= ? ORDER BY not_before, idx LIMIT ?",
+                (orchestration_id, key, now, limit),
+            ).fetchall()
+            alone = [idx for idx, isolated in ready if isolated]
+            chosen = alone[:1] if alone else [idx for idx, _ in ready]
+            if not chosen:
+                return []
             next_stamp(db, orchestration_id)
             rows = db.execute(
                 "UPDATE jobs SET status = 'InProgress', attempts = attempts + 1, owner = ?,"
                 f" lease_until = ?, started_at = ?, changed = {STAMP}"
-                " WHERE orchestration_id = ? AND idx IN ("
-                f"   SELECT idx FROM jobs WHERE orchestration_id = ? AND {which}"
-                "   AND status = 'Pending' AND not_before <= ? ORDER BY not_before, idx LIMIT ?)"
-                " RETURNING job_id, idx, params, attempts",
-                (owner, now + lease, now, orchestration_id, orchestration_id, orchestration_id,
-                 key, now, limit),
+                " WHERE orchestration_id = ? AND idx IN"
+                f" ({', '.join('?' * len(chosen))}) RETURNING job_id, idx, params, attempts",
+                (owner, now + lease, now, orchestration_id, orchestration_id, *chosen),
             ).fetchall()
         rows.sort(key=lambda r: r[1])
         return [ClaimedInstance(r[0], r[1], json.loads(r[2]), r[3], owner) for r in rows]
@@ -249,16 +308,30 @@ class SqliteStore:
     def stale_claims(
         self, orchestration_id: str, *, now: float, shard: int | None = None
     ) -> list[ClaimedInstance]:
+        """Read under the write lock: had another process held it long enough for leases
+        to expire, no heartbeat could land either, so nothing counts as expired until
+        they have (LOCK_BLACKOUT)."""
         sql = (
             "SELECT job_id, idx, params, attempts, owner FROM jobs WHERE orchestration_id = ?"
             " AND status = 'InProgress' AND "
         )
-        if shard is None:
-            rows = self._db.execute(sql + "lease_until < ?", (orchestration_id, now)).fetchall()
-        else:
-            rows = self._db.execute(
-                sql + "(lease_until < ? OR shard = ?)", (orchestration_id, now, shard)
-            ).fetchall()
+        waited = self._begin()
+        try:
+            if shard is not None:
+                rows = self._db.execute(
+                    sql + "(lease_until < ? OR shard = ?)", (orchestration_id, now, shard)
+                ).fetchall()
+            elif waited < LOCK_BLACKOUT and time.monotonic() >= self._blackout_until:
+                rows = self._db.execute(
+                    sql + "lease_until < ?", (orchestration_id, now)
+                ).fetchall()
+            else:
+                rows = []
+                self._blackout_until = max(
+                    self._blackout_until, time.monotonic() + LOCK_BLACKOUT + waited / 10
+                )
+        finally:
+            self._db.execute("COMMIT")
         return [ClaimedInstance(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
 
     def record_outcomes(self, orchestration_id: str, outcomes: Sequence[Outcome]) -> int:
@@ -274,6 +347,7 @@ class SqliteStore:
                         None if o.error is None else json.dumps(o.error.to_json()),
                         o.not_before,
                         None if status is Status.PENDING else now,
+                        int(o.refund), int(o.isolate),
                         orchestration_id, orchestration_id, o.index, o.owner,
                     )
                     for o in outcomes if o.status is status
@@ -282,7 +356,8 @@ class SqliteStore:
                     continue
                 cur = db.executemany(
                     "UPDATE jobs SET status = ?, result = ?, error = ?, not_before = ?,"
-                    f" finished_at = ?, owner = NULL, lease_until = NULL, changed = {STAMP}"
+                    " finished_at = ?, attempts = attempts - ?, isolated = MAX(isolated, ?),"
+                    f" owner = NULL, lease_until = NULL, changed = {STAMP}"
                     " WHERE orchestration_id = ? AND idx = ? AND owner = ?"
                     " AND status = 'InProgress'",
                     rows,
@@ -366,6 +441,24 @@ class SqliteStore:
                     (status.value, now, orchestration_id),
                 ).rowcount
                 == 1
+            )
+
+    def claim_publish(self, orchestration_id: str, *, now: float, hold: float) -> bool:
+        with self._write() as db:
+            return (
+                db.execute(
+                    "UPDATE orchestrations SET publish_claim = ? WHERE id = ?"
+                    " AND event_published = 0 AND status != 'InProgress'"
+                    " AND (publish_claim IS NULL OR publish_claim < ?)",
+                    (now + hold, orchestration_id, now),
+                ).rowcount
+                == 1
+            )
+
+    def release_publish(self, orchestration_id: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE orchestrations SET publish_claim = NULL WHERE id = ?", (orchestration_id,)
             )
 
     def mark_event_published(self, orchestration_id: str) -> None:

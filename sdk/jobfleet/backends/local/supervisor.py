@@ -1,15 +1,18 @@
 """One local execution: the tasks of an orchestration, run the way Cloud Run runs them.
 
 Its tasks are `jobfleet worker` processes (see tasks.py: a task that dies is run
-again with the next CLOUD_RUN_TASK_ATTEMPT). On top, it does what the store needs:
-reaps expired leases (a hung worker), stops the tasks on cancel, and when every
-task has ended with instances still unfinished (tasks out of attempts), ends them
-Errored as WorkerLost. Completion itself is settled by the workers.
+again with the next CLOUD_RUN_TASK_ATTEMPT). On top, it does what Cloud Run's task
+timeout and jobfleet's sweep do in production: a worker whose lease expired (hung:
+stopped, or stuck in native code that holds the GIL) has its claims recovered and is
+killed, so that its task runs again; when every task has ended with instances left,
+core/sweep.py decides between a recovery execution and ending them Errored.
+Completion itself is settled by the workers.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -19,23 +22,26 @@ from jobfleet.backends import open_backend
 from jobfleet.backends.local.launcher import EXECUTION_PREFIX
 from jobfleet.backends.local.tasks import TaskSet
 from jobfleet.config import Settings
-from jobfleet.core.completion import abandon, settle
+from jobfleet.core.completion import settle
 from jobfleet.core.models import Status
-from jobfleet.core.retry import RetryPolicy
+from jobfleet.core.sweep import Ports, execution_ended, reap_expired
 
 MAX_TASK_RETRIES = 3  # Cloud Run's default
 TICK_SECONDS = 0.05
-REAP_EVERY_SECONDS = 5.0
+LOG_LIMIT_BYTES = 64 * 1024 * 1024  # then the log is rotated once: <log>.1 holds the previous
 
 
 class Supervisor:
     def __init__(self, orchestration_id: str, task_count: int, settings: Settings) -> None:
         self.orchestration_id = orchestration_id
         self.backend = open_backend(settings)
+        self.ports = Ports(self.backend.store, self.backend.launcher, self.backend.bus)
         self.log = settings.log_of(orchestration_id)
+        self.reap_every = min(5.0, settings.lease_seconds / 3)
+        self.execution = f"{EXECUTION_PREFIX}{os.getpid()}"
         self.tasks = TaskSet(
             command=[sys.executable, "-m", "jobfleet", "worker"],
-            env={**os.environ, "CLOUD_RUN_EXECUTION": f"{EXECUTION_PREFIX}{os.getpid()}"},
+            env={**os.environ, "CLOUD_RUN_EXECUTION": self.execution},
             task_count=task_count,
             parallelism=task_count,
             max_retries=MAX_TASK_RETRIES,
@@ -43,36 +49,47 @@ class Supervisor:
 
     def run(self) -> None:
         store, oid = self.backend.store, self.orchestration_id
-        next_reap = time.monotonic() + REAP_EVERY_SECONDS
+        next_reap = time.monotonic() + self.reap_every
         self.tasks.step()
         while not self.tasks.finished:
             time.sleep(TICK_SECONDS)
-            for task in self.tasks.step():
-                if task.exit_code:
-                    print(f"jobfleet: task {task.index} attempt {task.attempt} exited with"
-                          f" {task.exit_code}", file=sys.stderr, flush=True)
+            for ended in self.tasks.step():
+                if ended.exit_code:
+                    print(f"jobfleet: task {ended.index} attempt {ended.attempt} exited with"
+                          f" {ended.exit_code}", file=sys.stderr, flush=True)
                     if store.get_orchestration(oid).status is Status.CANCELLED:
                         self.tasks.cancel()
             if time.monotonic() >= next_reap:
                 self.reap()
-                next_reap = time.monotonic() + REAP_EVERY_SECONDS
-        if store.unfinished(oid):
+                self.keep_log_small()
+                next_reap = time.monotonic() + self.reap_every
+        snap = store.get_orchestration(oid)
+        if snap.status is Status.IN_PROGRESS and store.unfinished(oid):
             failed = ", ".join(str(t.index) for t in self.tasks.failed) or "none"
-            abandon(store, self.backend.bus, oid,
-                    f"every task ended with the instance unfinished (out of retries: task"
-                    f" {failed}); the workers' output is in {self.log}")
+            execution_ended(self.ports, snap,
+                            f"every task of {self.execution} ended with the instance"
+                            f" unfinished (out of retries: task {failed}); the workers'"
+                            f" output is in {self.log}")
         settle(store, self.backend.bus, oid)
 
     def reap(self) -> None:
-        """Instances whose lease ran out (a hung or vanished worker) are retried or failed."""
-        store, oid = self.backend.store, self.orchestration_id
-        now = time.time()
-        stale = store.stale_claims(oid, now=now)
-        if stale:
-            policy = RetryPolicy.of(store.get_orchestration(oid).options)
-            outcomes = [policy.after_worker_lost(c, now, "its lease expired") for c in stale]
-            store.record_outcomes(oid, outcomes)
-            settle(store, self.backend.bus, oid)
+        """Instances whose lease ran out are recovered, and their hung workers killed
+        (their tasks then run again)."""
+        snap = self.backend.store.get_orchestration(self.orchestration_id)
+        if snap.status is Status.IN_PROGRESS:
+            owners = reap_expired(self.ports, snap, now=time.time())
+            if owners:
+                self.backend.launcher.stop_tasks(self.execution, owners)
+
+    def keep_log_small(self) -> None:
+        """A job that prints without end must not fill the disk: past the limit the log
+        moves to <log>.1 (the writers append to the emptied file)."""
+        try:
+            if self.log.stat().st_size > LOG_LIMIT_BYTES:
+                shutil.copyfile(self.log, self.log.with_name(self.log.name + ".1"))
+                os.truncate(self.log, 0)
+        except OSError as exc:
+            print(f"jobfleet: could not rotate {self.log}: {exc}", file=sys.stderr)
 
     def stop(self, signum: int, frame: FrameType | None) -> None:
         self.tasks.cancel()

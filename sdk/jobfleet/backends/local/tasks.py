@@ -25,6 +25,15 @@ class TaskState:
         return self.process is None and self.exit_code == 0
 
 
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """One attempt of a task that ended (read before a retry reuses its TaskState)."""
+
+    index: int
+    attempt: int
+    exit_code: int
+
+
 @dataclass(slots=True)
 class TaskSet:
     command: Sequence[str]
@@ -85,15 +94,15 @@ class TaskSet:
             )
         ]
 
-    def step(self) -> list[TaskState]:
-        """Collect ended processes and start what may start; returns the tasks that ended."""
+    def step(self) -> list[Ended]:
+        """Collect ended processes and start what may start; returns the attempts that ended."""
         ended = []
         for task in self.running:
             assert task.process is not None
             code = task.process.poll()
             if code is not None:
                 task.process, task.exit_code = None, code
-                ended.append(task)
+                ended.append(Ended(task.index, task.attempt, code))
         room = self.parallelism - len(self.running)
         for task in self._waiting()[: max(0, room)]:
             self._start(task)

@@ -1,0 +1,91 @@
+"""What happens to the instances of a worker that died or hung: one rule for every reaper.
+
+A worker holds a batch of claimed instances and runs them one after another. When it
+dies (a SIGKILL, `os._exit`, a crash in native code) or stops answering (SIGSTOP, native
+code holding the GIL), its claims are left InProgress. Which of them was running is
+known only when it held exactly one: that instance is charged a failed attempt
+(WorkerLost), retried while its retries last. A worker that held several leaves no such
+clue, so none of them is charged: they go back to Pending with their attempt given back,
+marked to run alone from now on. A poison instance among them then crashes a worker
+that holds nothing else, and is charged alone; its siblings are never failed for it.
+
+Every reaper (the worker of a retried task, the local supervisor, the sweep) calls
+`lost_worker_outcomes`; no other code decides what a lost worker's instances become.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from jobfleet.core.models import ClaimedInstance, Outcome, Status
+from jobfleet.core.retry import RetryPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who holds a claim: one attempt of one task, in one process on one host."""
+
+    orchestration_id: str
+    task_index: int
+    task_attempt: int
+    host: str
+    pid: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.orchestration_id}/task-{self.task_index}/attempt-{self.task_attempt}"
+            f"/{self.host}/{self.pid}"
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> Owner | None:
+        """None for a name this version did not write."""
+        parts = text.rsplit("/", 4)
+        if len(parts) != 5:
+            return None
+        oid, task, attempt, host, pid = parts
+        try:
+            return cls(
+                oid, int(task.removeprefix("task-")), int(attempt.removeprefix("attempt-")),
+                host, int(pid),
+            )
+        except ValueError:
+            return None
+
+
+def lost_worker_outcomes(
+    stale: Sequence[ClaimedInstance], policy: RetryPolicy, why: str, now: float | None = None
+) -> list[Outcome]:
+    """The outcomes that end the claims of dead workers (see the module's docstring)."""
+    now = time.time() if now is None else now
+    held: dict[str, list[ClaimedInstance]] = defaultdict(list)
+    for claim in stale:
+        held[claim.owner].append(claim)
+    outcomes: list[Outcome] = []
+    for claims in held.values():
+        if len(claims) == 1:
+            charged = policy.after_worker_lost(claims[0], now, why)
+            outcomes.append(_isolated(charged))
+            continue
+        outcomes.extend(
+            Outcome(
+                job_id=c.job_id, index=c.index, owner=c.owner, status=Status.PENDING,
+                not_before=now, refund=True, isolate=True,
+            )
+            for c in claims
+        )
+    return outcomes
+
+
+def _isolated(outcome: Outcome) -> Outcome:
+    """A charged instance that may run again does so alone: it may be the poison."""
+    if outcome.status is not Status.PENDING:
+        return outcome
+    return Outcome(
+        job_id=outcome.job_id, index=outcome.index, owner=outcome.owner,
+        status=outcome.status, error=outcome.error, not_before=outcome.not_before,
+        isolate=True,
+    )

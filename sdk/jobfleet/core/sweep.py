@@ -1,0 +1,135 @@
+"""The sweep: bring back whatever a fault left behind, on either backend.
+
+A fault can leave an orchestration with nobody to move it on: a kick-off killed between
+commit and launch, a hung worker whose lease ran out, an execution that ended (its tasks
+out of retries, cancelled from outside, its supervisor killed) with work left, an ended
+orchestration whose event was never published. `sweep_orchestration` looks at one such
+orchestration and does the one thing it needs; `sweep` does it for every orchestration
+not yet settled, so its cost follows those, not the history.
+
+Liveness is decided from leases and from the execution's state, never from a quiet
+period: a sweep never fails work that is still alive, so it is safe to run at any time,
+any number of times, concurrently with itself and with workers (every write it makes is
+conditional, and a launch that loses a race is cancelled).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from jobfleet.core.completion import abandon, settle
+from jobfleet.core.models import NewOrchestration, OrchestrationSnapshot, Status
+from jobfleet.core.ports import EventBus, Launcher, Store
+from jobfleet.core.recovery import Owner, lost_worker_outcomes
+from jobfleet.core.registry import job_sources
+from jobfleet.core.retry import RetryPolicy
+
+LEASE_EXPIRED = "its worker stopped renewing its lease (hung or lost)"
+
+# What sweep_orchestration did.
+ANNOUNCED = "announced"  # published an event that was never recorded
+LAUNCHED = "launched"  # an orchestration its kick-off never launched
+REAPED = "reaped"  # hung workers' claims recovered (and their tasks stopped)
+RECOVERED = "recovered"  # a recovery execution for shards left without a live task
+ENDED = "ended"  # executions stopped making progress: what was left ended Errored
+NOTHING = "nothing"
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    store: Store
+    launcher: Launcher
+    bus: EventBus
+
+
+def sweep(ports: Ports, *, now: float | None = None) -> Counter[str]:
+    """Sweep every unsettled orchestration; returns how many got each action."""
+    done: Counter[str] = Counter()
+    for snap in ports.store.unsettled_orchestrations():
+        done[sweep_orchestration(ports, snap, now=now)] += 1
+    return done
+
+
+def sweep_orchestration(
+    ports: Ports, snap: OrchestrationSnapshot, *, now: float | None = None
+) -> str:
+    now = time.time() if now is None else now
+    store, launcher = ports.store, ports.launcher
+    if snap.status.terminal:
+        if snap.event_published:
+            return NOTHING
+        return ANNOUNCED if settle(store, ports.bus, snap.id).event_published else NOTHING
+    if not snap.execution:
+        if now - snap.created_at < launcher.launch_grace:
+            return NOTHING  # its kick-off may still be launching it
+        return LAUNCHED if relaunch(ports, snap, None) else NOTHING
+    reaped = reap_expired(ports, snap, now=now)
+    if launcher.is_running(snap.execution):
+        if reaped and not launcher.stop_tasks(snap.execution, reaped):
+            # Their tasks cannot be stopped and replaced: other tasks take their shards.
+            shards = sorted({o.task_index for o in map(Owner.parse, reaped) if o})
+            relaunch(ports, snap, shards, keep=True)
+            return RECOVERED
+        return REAPED if reaped else NOTHING
+    return execution_ended(ports, snap, f"execution {snap.execution} ended")
+
+
+def reap_expired(ports: Ports, snap: OrchestrationSnapshot, *, now: float) -> list[str]:
+    """Recover the claims whose lease expired; returns the owners that held them."""
+    stale = ports.store.stale_claims(snap.id, now=now)
+    if not stale:
+        return []
+    outcomes = lost_worker_outcomes(stale, RetryPolicy.of(snap.options), LEASE_EXPIRED, now)
+    ports.store.record_outcomes(snap.id, outcomes)
+    settle(ports.store, ports.bus, snap.id)
+    return sorted({c.owner for c in stale})
+
+
+def execution_ended(ports: Ports, snap: OrchestrationSnapshot, why: str) -> str:
+    """Every task of the execution has ended: what they held is recovered, and what is
+    left runs again in a recovery execution while executions keep making progress (each
+    crash charges or isolates an instance, so this ends); when one made none, it ends
+    Errored."""
+    store = ports.store
+    stale = store.stale_claims(snap.id, now=math.inf)  # every holder is gone
+    if stale:
+        policy = RetryPolicy.of(snap.options)
+        store.record_outcomes(snap.id, lost_worker_outcomes(stale, policy, why))
+    shards = store.unfinished_shards(snap.id)
+    if not shards:
+        settle(store, ports.bus, snap.id)
+        return NOTHING
+    current = store.get_orchestration(snap.id)
+    if current.status is not Status.IN_PROGRESS:
+        settle(store, ports.bus, snap.id)
+        return NOTHING
+    if store.progress(snap.id) > current.launch_progress:
+        return RECOVERED if relaunch(ports, current, shards) else NOTHING
+    abandon(store, ports.bus, snap.id,
+            f"{why} and made no progress since it was launched; the workers' output says"
+            " why (`jobfleet logs` or the execution's logs)")
+    return ENDED
+
+
+def relaunch(
+    ports: Ports, snap: OrchestrationSnapshot, shards: list[int] | None, *, keep: bool = False
+) -> bool:
+    """Launch workers for `shards` (None: all of them) and record the execution unless
+    another caller launched first, in which case ours is cancelled. With `keep`, the new
+    execution joins the running one instead of replacing it."""
+    store, launcher = ports.store, ports.launcher
+    orchestration = NewOrchestration(
+        id=snap.id, job_name=snap.job_name, options=snap.options, tags=snap.tags,
+        created_at=snap.created_at,
+    )
+    count = snap.options.task_count(snap.counts.total) if shards is None else len(shards)
+    progress = store.progress(snap.id)  # before its workers move it on
+    execution = launcher.launch(orchestration, count, job_sources([snap.job_name]), shards)
+    recorded = f"{snap.execution},{execution}" if keep and snap.execution else execution
+    if store.replace_execution(snap.id, snap.execution, recorded, progress=progress):
+        return True
+    launcher.cancel(execution)
+    return False
