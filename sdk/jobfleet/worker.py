@@ -44,7 +44,7 @@ EXIT_CANNOT_WORK = 3
 
 @dataclass(frozen=True, slots=True)
 class Assignment:
-    """What the environment contract (DESIGN.md) tells a worker to do."""
+    """What the environment contract (docs/design.md) tells a worker to do."""
 
     job_name: str
     orchestration_id: str
