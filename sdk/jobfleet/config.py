@@ -27,7 +27,7 @@ class Settings:
     backend: str = "local"
     home: Path = field(default_factory=lambda: default_home(os.environ))
     jobs_modules: tuple[str, ...] = ()
-    # The gcp backend's settings (DESIGN.md, configuration):
+    # The gcp backend's settings (docs/design.md, configuration):
     project: str | None = None
     region: str = DEFAULT_REGION
     cloud_run_job: str = DEFAULT_CLOUD_RUN_JOB

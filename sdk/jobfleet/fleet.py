@@ -109,7 +109,7 @@ class Orchestration:
 
 
 class JobFleet:
-    """Entry point of the SDK. Settings default to the environment (DESIGN.md)."""
+    """Entry point of the SDK. Settings default to the environment (docs/design.md)."""
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """What the Firestore store costs, checked on the emulator from what Firestore shows.
 
 The contract suite (test_store_contract.py) holds the Firestore store to the port's
-behaviour; these tests hold it to the cost rules of the production shape (DESIGN.md):
+behaviour; these tests hold it to the cost rules of the production shape (docs/design.md):
 how often each document is written, where the counts come from, how a kick-off streams.
 They count document versions with listeners and update times, never by wrapping code.
 """

@@ -15,7 +15,7 @@ from jobfleet.core.states import (
     check_move,
 )
 
-# DESIGN.md, "State": the only moves a job instance may make.
+# docs/design.md, "State": the only moves a job instance may make.
 LEGAL: set[tuple[Status, Status]] = {
     (Status.PENDING, Status.IN_PROGRESS),  # a worker claims it
     (Status.PENDING, Status.CANCELLED),  # the orchestration is cancelled

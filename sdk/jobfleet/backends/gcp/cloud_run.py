@@ -2,7 +2,7 @@
 
 The Cloud Run job (`JOBFLEET_CLOUD_RUN_JOB`) runs `jobfleet worker`; each RunJob
 call overrides only its task count and environment. One orchestration is one
-RunJob call (DESIGN.md: Admin API calls are O(1) per orchestration, parameter
+RunJob call (docs/design.md: Admin API calls are O(1) per orchestration, parameter
 sets live in the store and never in the environment); past Cloud Run's 10,000
 tasks per execution it is a few executions, whose tasks number their shards on
 from JOBFLEET_SHARD_OFFSET. No task timeout is set: a task runs a whole shard of

@@ -1,4 +1,4 @@
-"""The embedded store's schema: it mirrors the Firestore layout (DESIGN.md, State), an
+"""The embedded store's schema: it mirrors the Firestore layout (docs/design.md, State), an
 orchestrations table and a jobs table keyed by (orchestration_id, index), plus the
 local event log's table."""
 
