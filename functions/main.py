@@ -5,7 +5,12 @@ Deploy (see infra/README.md):
         --source=functions --entry-point=on_job_written \
         --trigger-event-filters=type=google.cloud.firestore.document.v1.written \
         --trigger-event-filters=database='(default)' \
-        --trigger-event-filters-path-pattern=document='jobfleet_orchestrations/{o}/jobs/{j}'
+        --trigger-event-filters-path-pattern=document='jobfleet_orchestrations/{o}/jobs/{j}' \
+        --retry
+
+`--retry` matters: a settle that fails (Firestore or Pub/Sub unavailable) raises, and
+Eventarc delivers the event again until it succeeds. Without it, the scheduled
+`jobfleet sweep` is what announces such an orchestration, up to a minute later.
 """
 
 from jobfleet.cloud_function import on_job_written

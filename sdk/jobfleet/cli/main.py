@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("worker", help="run one task's share (the container entrypoint)")
 
+    sweep = sub.add_parser(
+        "sweep", help="bring back what faults left behind (run it every minute on Google Cloud)"
+    )
+    sweep.add_argument("--json", action="store_true")
+
     serve = sub.add_parser("serve", help="the HTTP API and the dashboard")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on; anything but loopback needs a token")
@@ -79,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="up|down")
     dev_up = dev_sub.add_parser("up", help="start it and print the environment to export")
     dev_up.add_argument("--project", default="jobfleet-dev")
+    dev_up.add_argument("--sweep-every", type=float, default=60.0, metavar="S",
+                        help="seconds between sweeps (Cloud Scheduler's job in production)")
     dev_up.add_argument("--parallelism", type=int, default=10,
                         help="Cloud Run job parallelism (tasks at once)")
     dev_sub.add_parser("down", help="stop everything `dev up` started")
@@ -183,7 +190,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
             return EXIT_OK
         print("starting the emulators, the Cloud Run stand-in, the function and the bridge"
               " ...", file=sys.stderr)
-        running = stack.up(state, project=args.project, parallelism=args.parallelism)
+        running = stack.up(state, project=args.project, parallelism=args.parallelism,
+                           sweep_every=args.sweep_every)
     except JobfleetError as exc:
         print(f"jobfleet: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -215,6 +223,9 @@ def dispatch(fleet: JobFleet, args: argparse.Namespace) -> int:
         return cmd_results(fleet, args)
     if command == "events":
         return cmd_events(fleet, args)
+    if command == "sweep":
+        render.sweep(fleet.sweep(), args.json)
+        return EXIT_OK
     if command == "list":
         status = Status(args.status) if args.status else None
         render.history(fleet.history(limit=args.limit, job_name=args.job, status=status), args.json)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from datetime import UTC, datetime
 
 from jobfleet.core.models import (
@@ -13,6 +14,7 @@ from jobfleet.core.models import (
     OrchestrationSnapshot,
     Success,
 )
+from jobfleet.core.sweep import ACTIONS as SWEEP_ACTIONS
 from jobfleet.fleet import Orchestration
 
 PLAIN_EVERY_SECONDS = 1.0
@@ -123,3 +125,14 @@ def event(e: JobCompletedEvent, as_json: bool) -> None:
     tags = " ".join(f"{k}={v}" for k, v in e.tags.items())
     print(f"{_when(e.finished_at)}  {e.orchestration_id}  {e.job_name}  {e.status}  "
           f"{e.succeeded}/{e.total} succeeded  {tags}".rstrip())
+
+
+def sweep(done: Counter[str], as_json: bool) -> None:
+    """What a sweep did: how many unsettled orchestrations it looked at, and each action."""
+    looked_at = sum(done.values())
+    actions = {action: done.get(action, 0) for action in SWEEP_ACTIONS}
+    if as_json:
+        print(json.dumps({"looked_at": looked_at, **actions}))
+        return
+    taken = ", ".join(f"{n} {action}" for action, n in actions.items() if n)
+    print(f"swept {looked_at} unsettled orchestration(s): {taken or 'nothing to do'}")

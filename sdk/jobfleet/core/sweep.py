@@ -36,6 +36,7 @@ REAPED = "reaped"  # hung workers' claims recovered (and their tasks stopped)
 RECOVERED = "recovered"  # a recovery execution for shards left without a live task
 ENDED = "ended"  # executions stopped making progress: what was left ended Errored
 NOTHING = "nothing"
+ACTIONS = (ANNOUNCED, LAUNCHED, REAPED, RECOVERED, ENDED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from jobfleet.dev.emulators import (
     pubsub_emulator,
     stop_groups,
 )
+from jobfleet.dev.sweeper import DEFAULT_EVERY_SECONDS
 from jobfleet.errors import ConfigurationError
 
 DEFAULT_PROJECT = "jobfleet-dev"
@@ -121,7 +122,12 @@ class Stack:
         self.state_file.unlink(missing_ok=True)
 
 
-def up(state_dir: Path, project: str = DEFAULT_PROJECT, parallelism: int = 10) -> Stack:
+def up(
+    state_dir: Path,
+    project: str = DEFAULT_PROJECT,
+    parallelism: int = 10,
+    sweep_every: float = DEFAULT_EVERY_SECONDS,
+) -> Stack:
     """Start every part, wait until each answers, and return the environment to use.
 
     Emulators already named by FIRESTORE_EMULATOR_HOST (with JOBFLEET_TRIGGER_RELAY) and
@@ -135,14 +141,14 @@ def up(state_dir: Path, project: str = DEFAULT_PROJECT, parallelism: int = 10) -
     stack = Stack(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
-        _start(stack, project, parallelism)
+        _start(stack, project, parallelism, sweep_every)
     except BaseException:
         stack.stop()
         raise
     return stack
 
 
-def _start(stack: Stack, project: str, parallelism: int) -> None:
+def _start(stack: Stack, project: str, parallelism: int, sweep_every: float) -> None:
     env = {
         "JOBFLEET_BACKEND": "gcp",
         "GOOGLE_CLOUD_PROJECT": project,
@@ -199,6 +205,10 @@ def _start(stack: Stack, project: str, parallelism: int) -> None:
         sys.executable, "-m", "functions_framework", "--target", "on_job_written",
         "--source", cloud_function.__file__, "--signature-type", "cloudevent",
         "--host", "127.0.0.1", "--port", str(function_port),
+    ], env)
+    # What Cloud Scheduler does in production: the sweep, every `sweep_every` seconds.
+    stack.spawn("sweeper", [
+        sys.executable, "-m", "jobfleet.dev.sweeper", "--every", str(sweep_every),
     ], env)
     waits += [("cloud-run", f"{env['JOBFLEET_CLOUD_RUN_ENDPOINT']}/_standin/calls"),
               (FUNCTION, function_url)]
