@@ -873,3 +873,93 @@ class TestStoreContract:
         assert errors == []
         assert store.get_orchestration(first.id).counts.total == 2
         assert store.get_orchestration(second.id).counts.total == 3
+
+
+class TestFaultRecoveryContract:
+    """What the sweep and the reapers rely on (core/recovery.py, core/sweep.py)."""
+
+    def test_a_released_instance_gets_its_attempt_back_and_is_claimed_alone(
+        self, store: Store
+    ) -> None:
+        oid = create(store, 6)
+        claimed = store.claim(oid, 0, "lost", limit=3, now=T0, lease=LEASE)
+        store.record_outcomes(oid, [
+            Outcome(c.job_id, c.index, c.owner, Status.PENDING, not_before=T0,
+                    refund=True, isolate=True)
+            for c in claimed
+        ])
+
+        first = store.claim(oid, 0, "next", limit=10, now=T0 + 1, lease=LEASE)
+        assert indexes(first) == [0]  # isolated: alone, though ten were asked for
+        assert first[0].attempts == 1  # the lost worker's claim was given back
+        store.record_outcomes(oid, [done(first[0])])
+        assert indexes(store.claim(oid, 0, "next", limit=10, now=T0 + 2, lease=LEASE)) == [1]
+
+    def test_instances_never_isolated_are_claimed_together(self, store: Store) -> None:
+        oid = create(store, 6)
+        lone = store.claim(oid, 0, "lost", limit=1, now=T0, lease=LEASE)
+        store.record_outcomes(oid, [
+            Outcome(lone[0].job_id, 0, "lost", Status.PENDING, not_before=T0 + 100, isolate=True)
+        ])
+        # #0 waits out its backoff; the rest are claimed as one batch meanwhile.
+        assert indexes(store.claim(oid, 0, "w", limit=10, now=T0 + 1, lease=LEASE)) == [
+            1, 2, 3, 4, 5
+        ]
+
+    def test_progress_grows_with_attempts_ends_and_isolation(self, store: Store) -> None:
+        oid = create(store, 4)
+        start = store.progress(oid)
+        [c] = store.claim(oid, 0, "w", limit=1, now=T0, lease=LEASE)
+        after_claim = store.progress(oid)
+        store.record_outcomes(oid, [done(c)])
+        after_end = store.progress(oid)
+        batch = store.claim(oid, 0, "lost", limit=2, now=T0, lease=LEASE)
+        store.record_outcomes(oid, [
+            Outcome(b.job_id, b.index, b.owner, Status.PENDING, refund=True, isolate=True)
+            for b in batch
+        ])
+        assert start < after_claim < after_end < store.progress(oid)
+
+    def test_unfinished_shards_are_those_with_work_left(self, store: Store) -> None:
+        oid = create(store, 6, shards=3)  # shard s holds #s and #s+3
+        assert store.unfinished_shards(oid) == [0, 1, 2]
+        claimed = store.claim(oid, 1, "w", limit=2, now=T0, lease=LEASE)
+        store.record_outcomes(oid, [done(c) for c in claimed])
+        assert store.unfinished_shards(oid) == [0, 2]
+
+    def test_replace_execution_is_a_compare_and_set(self, store: Store) -> None:
+        oid = create(store)
+        assert store.replace_execution(oid, None, "e-1", progress=3)
+        assert not store.replace_execution(oid, None, "e-2")  # a launch was recorded first
+        snap = store.get_orchestration(oid)
+        assert (snap.execution, snap.launch_progress) == ("e-1", 3)
+        assert store.replace_execution(oid, "e-1", "e-1,e-3", progress=5)
+        assert store.get_orchestration(oid).execution == "e-1,e-3"
+
+    def test_unsettled_orchestrations_are_the_unfinished_and_the_unannounced(
+        self, store: Store
+    ) -> None:
+        running = create(store, 1)
+        ended = create(store, 1)
+        announced = create(store, 1)
+        for oid in (ended, announced):
+            [c] = store.claim(oid, 0, "w", limit=1, now=T0, lease=LEASE)
+            store.record_outcomes(oid, [done(c)])
+            store.finish_orchestration(oid, Status.COMPLETED, T0 + 1)
+        store.mark_event_published(announced)
+        found = {s.id for s in store.unsettled_orchestrations()}
+        assert {running, ended} <= found and announced not in found
+
+    def test_one_caller_at_a_time_holds_the_publish_claim(self, store: Store) -> None:
+        oid = create(store, 1)
+        assert not store.claim_publish(oid, now=T0, hold=30)  # not ended yet
+        [c] = store.claim(oid, 0, "w", limit=1, now=T0, lease=LEASE)
+        store.record_outcomes(oid, [done(c)])
+        store.finish_orchestration(oid, Status.COMPLETED, T0)
+        assert store.claim_publish(oid, now=T0, hold=30)
+        assert not store.claim_publish(oid, now=T0 + 29, hold=30)  # held
+        assert store.claim_publish(oid, now=T0 + 31, hold=30)  # its holder died: taken over
+        store.release_publish(oid)
+        assert store.claim_publish(oid, now=T0 + 32, hold=30)  # given back after a failure
+        store.mark_event_published(oid)
+        assert not store.claim_publish(oid, now=T0 + 100, hold=30)  # announced: never again

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from jobfleet.core.models import ClaimedInstance, Outcome, Status
 from jobfleet.core.retry import RetryPolicy
@@ -67,8 +67,8 @@ def lost_worker_outcomes(
     outcomes: list[Outcome] = []
     for claims in held.values():
         if len(claims) == 1:
-            charged = policy.after_worker_lost(claims[0], now, why)
-            outcomes.append(_isolated(charged))
+            # A charged instance that may run again does so alone: it may be the poison.
+            outcomes.append(replace(policy.after_worker_lost(claims[0], now, why), isolate=True))
             continue
         outcomes.extend(
             Outcome(
@@ -79,13 +79,3 @@ def lost_worker_outcomes(
         )
     return outcomes
 
-
-def _isolated(outcome: Outcome) -> Outcome:
-    """A charged instance that may run again does so alone: it may be the poison."""
-    if outcome.status is not Status.PENDING:
-        return outcome
-    return Outcome(
-        job_id=outcome.job_id, index=outcome.index, owner=outcome.owner,
-        status=outcome.status, error=outcome.error, not_before=outcome.not_before,
-        isolate=True,
-    )
