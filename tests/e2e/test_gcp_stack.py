@@ -296,7 +296,7 @@ def test_dev_up_alone_starts_every_part_and_dev_down_stops_every_one(
     try:
         assert up.returncode == 0, up.stderr
         assert set(groups) == {"firestore-emulator", "relay", "pubsub-emulator", "cloud-run",
-                               "function"}
+                               "function", "sweeper"}
         exports = dict(
             line.removeprefix("export ").split("=", 1)
             for line in up.stdout.splitlines() if line.startswith("export ")
