@@ -30,9 +30,9 @@ from jobfleet.core.models import JobCompletedEvent
 
 PULL_BATCH = 1000
 PULL_TIMEOUT = 10.0
-# The emulator hands a message to its subscriptions before it acknowledges the publish,
-# so one empty answer should mean drained; a few, a little apart, leave room for a
-# slower emulator.
+# A pull with return_immediately answers with what the subscription holds now. Messages
+# whose publish returned were there in every run seen; a few empty answers a little
+# apart, not one, are taken to mean drained, as room for a slower emulator.
 EMPTY_PULLS = 3
 EMPTY_PAUSE = 0.1
 
