@@ -19,9 +19,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from google.api_core.exceptions import BadRequest
 
+from jobfleet.backends.gcp import cloud_run as launcher_module
 from jobfleet.backends.gcp.cloud_run import CloudRunLauncher
 from jobfleet.backends.local.store import SqliteStore
 from jobfleet.config import Settings
@@ -33,7 +36,7 @@ from jobfleet.core.models import (
     Status,
     Success,
 )
-from jobfleet.dev.cloud_run import CloudRunStandIn
+from jobfleet.dev.cloud_run import CloudRunStandIn, Json, Reply
 from jobfleet.errors import ConfigurationError
 
 pytestmark = pytest.mark.slow
@@ -92,6 +95,21 @@ def settings_for(home: Path, cloud_run: CloudRunStandIn) -> Settings:
 
 def standin(**options: Any) -> CloudRunStandIn:
     return CloudRunStandIn(project=PROJECT, region=REGION, job=JOB, **options)
+
+
+class RefusingStandIn(CloudRunStandIn):
+    """The stand-in, accepting the first `accepted` RunJob calls and refusing every later
+    one with `status` (400: not retried), as a quota or a bad request would."""
+
+    def __init__(self, *, accepted: int, status: int = 400, **options: Any) -> None:
+        super().__init__(project=PROJECT, region=REGION, job=JOB, **options)
+        self.accepted, self.status = accepted, status
+
+    def handle(self, method: str, path: str, body: Json) -> Reply:
+        run_job = method == "POST" and urlsplit(path).path.endswith(":run")
+        if run_job and self.calls.get("RunJob", 0) >= self.accepted:
+            self.fail_next(1, status=self.status)
+        return super().handle(method, path, body)
 
 
 def create(
@@ -258,6 +276,64 @@ def test_past_ten_thousand_tasks_an_orchestration_is_split_into_executions(home:
             "JOBFLEET_BACKEND", "JOBFLEET_HOME",
         }
         assert execution.env["ORCHESTRATION_ID"] == new.id
+
+
+def test_each_execution_of_a_split_orchestration_runs_the_shards_past_its_offset(
+    home: Path, store: SqliteStore, env_job: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two tasks per execution: four shards are two executions, whose task 0 and 1 are
+    shards 0 and 1, then 2 and 3 (JOBFLEET_SHARD_OFFSET=2); each instance runs once."""
+    monkeypatch.setattr(launcher_module, "MAX_TASKS_PER_EXECUTION", 2)
+    params = [{"n": n, "dir": str(tmp_path)} for n in range(8)]
+    new = create(store, "record_env", params, shards=4)
+    with standin() as cloud_run:
+        launcher = CloudRunLauncher(settings_for(home, cloud_run))
+        execution = launcher.launch(new, 4, [str(env_job)])
+
+        snap = settled(store, new.id)
+        assert snap.status is Status.COMPLETED and snap.counts.succeeded == 8
+        results = [o.result for o in store.outcomes(new.id) if isinstance(o, Success)]
+        assert sorted(results) == list(range(8))
+        assert stopped(launcher, execution)
+        assert cloud_run.calls["RunJob"] == 2
+        executions = cloud_run.executions
+
+    names = execution.split(",")
+    assert [e.name for e in executions] == names
+    assert [(e.task_count, e.env["JOBFLEET_SHARD_OFFSET"]) for e in executions] == [
+        (2, "0"), (2, "2"),
+    ]
+    for n in range(8):
+        shard = n % 4
+        env = wait_for(tmp_path / f"env-{n}-attempt-0.json")["env"]
+        assert env["CLOUD_RUN_EXECUTION"] == names[shard // 2].rsplit("/", 1)[-1]
+        assert env["CLOUD_RUN_TASK_INDEX"] == str(shard % 2)
+        assert env["CLOUD_RUN_TASK_COUNT"] == "2"
+    assert sorted(p.name for p in tmp_path.glob("ran-*")) == sorted(
+        f"ran-{n}-attempt-0.json" for n in range(8)
+    )
+
+
+def test_when_a_later_run_job_fails_the_executions_already_started_are_cancelled(
+    home: Path, store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(launcher_module, "MAX_TASKS_PER_EXECUTION", 2)
+    params = [{"n": n, "dir": str(tmp_path), "seconds": 120} for n in range(6)]
+    new = create(store, "sleepy", params, shards=6)  # three executions of two tasks
+    with RefusingStandIn(accepted=1) as cloud_run:
+        launcher = CloudRunLauncher(settings_for(home, cloud_run))
+        with pytest.raises(BadRequest, match="injected failure"):
+            launcher.launch(new, 6, [])
+
+        assert cloud_run.calls["RunJob"] == 2  # the second refused: no third is tried
+        [first] = cloud_run.executions
+        assert cloud_run.calls.get("CancelExecution", 0) == 1
+        assert first.cancelled and first.tasks is not None and not first.tasks.running
+        assert not launcher.is_running(first.name)
+    started = [int(p.read_text()) for p in tmp_path.glob("running-*")]
+    assert not any(Path(f"/proc/{pid}").exists() for pid in started)
+    assert store.unfinished(new.id) == 6  # nothing ran to completion
 
 
 def test_the_stand_in_command_serves_the_api_and_leaves_no_worker_behind(
