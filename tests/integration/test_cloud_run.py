@@ -24,11 +24,14 @@ from urllib.parse import urlsplit
 import pytest
 from google.api_core.exceptions import BadRequest
 
+from conftest import Emulators
+from jobfleet import JobFleet, LaunchFailed
 from jobfleet.backends.gcp import cloud_run as launcher_module
 from jobfleet.backends.gcp.cloud_run import CloudRunLauncher
 from jobfleet.backends.local.store import SqliteStore
 from jobfleet.config import Settings
 from jobfleet.core.models import (
+    WORKER_LOST,
     NewInstance,
     NewOrchestration,
     OrchestrationSnapshot,
@@ -38,6 +41,7 @@ from jobfleet.core.models import (
 )
 from jobfleet.dev.cloud_run import CloudRunStandIn, Json, Reply
 from jobfleet.errors import ConfigurationError
+from pubsub_raw import RawSubscription
 
 pytestmark = pytest.mark.slow
 
@@ -334,6 +338,43 @@ def test_when_a_later_run_job_fails_the_executions_already_started_are_cancelled
     started = [int(p.read_text()) for p in tmp_path.glob("running-*")]
     assert not any(Path(f"/proc/{pid}").exists() for pid in started)
     assert store.unfinished(new.id) == 6  # nothing ran to completion
+
+
+def test_a_kick_off_whose_later_run_job_is_refused_ends_errored_and_leaves_nothing_running(
+    gcp_env: Emulators, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the gcp backend (Firestore and Pub/Sub emulators): kick_off raises LaunchFailed,
+    the orchestration ends Errored with its one event, and the execution that had
+    started is cancelled instead of running its shards for nobody."""
+    assert gcp_env.project == PROJECT
+    monkeypatch.setattr(launcher_module, "MAX_TASKS_PER_EXECUTION", 2)
+    topic = f"completed-{uuid.uuid4().hex[:10]}"
+    params = [{"n": n, "dir": str(tmp_path), "seconds": 120} for n in range(6)]
+    with RefusingStandIn(accepted=1) as cloud_run:
+        for name, value in {
+            "JOBFLEET_BACKEND": "gcp", "JOBFLEET_REGION": REGION, "JOBFLEET_CLOUD_RUN_JOB": JOB,
+            "JOBFLEET_CLOUD_RUN_ENDPOINT": cloud_run.url, "JOBFLEET_TOPIC": topic,
+        }.items():
+            monkeypatch.setenv(name, value)
+        with RawSubscription(PROJECT, topic) as raw, JobFleet() as fleet:
+            with pytest.raises(LaunchFailed, match="injected failure") as raised:
+                fleet.kick_off("sleepy", params, parallelism=6)
+
+            orchestration = fleet.orchestration(raised.value.orchestration_id)
+            snap = orchestration.status()
+            assert snap.status is Status.ERRORED and snap.event_published
+            assert (snap.counts.total, snap.counts.failed) == (6, 6)
+            errors = [i.error for i in orchestration.instances()]
+            assert all(e is not None and e.type == WORKER_LOST for e in errors)
+            assert raw.counts() == {orchestration.id: 1}
+            assert raw.messages[0].status is Status.ERRORED
+
+            assert cloud_run.calls["RunJob"] == 2
+            [first] = cloud_run.executions
+            assert first.cancelled
+            assert not fleet.backend.launcher.is_running(first.name)
+    started = [int(p.read_text()) for p in tmp_path.glob("running-*")]
+    assert not any(Path(f"/proc/{pid}").exists() for pid in started)
 
 
 def test_the_stand_in_command_serves_the_api_and_leaves_no_worker_behind(
