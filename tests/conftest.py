@@ -86,7 +86,7 @@ class Emulators:
 def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulators]:
     """Both emulators and the relay for the whole session: from the local gcloud install,
     else from a Docker engine with testcontainers, else the test is skipped with what to
-    install."""
+    install (failed instead under JOBFLEET_REQUIRE_EMULATORS=1, as CI sets)."""
     project = "jobfleet-test"
     logs = tmp_path_factory.mktemp("emulator-logs")
     if shutil.which("gcloud"):
@@ -95,11 +95,14 @@ def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulators]:
     if _docker_reachable():
         yield from _containers(project)
         return
-    pytest.skip(
+    message = (
         "needs the Firestore and Pub/Sub emulators: install the Google Cloud CLI with "
         "`gcloud components install cloud-firestore-emulator pubsub-emulator` (and Java), "
         "or make a Docker engine reachable"
     )
+    if os.environ.get("JOBFLEET_REQUIRE_EMULATORS") == "1":
+        pytest.fail(f"{message}; JOBFLEET_REQUIRE_EMULATORS=1 forbids skipping")
+    pytest.skip(message)
 
 
 def _local(project: str, logs: Path) -> Iterator[Emulators]:

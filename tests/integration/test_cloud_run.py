@@ -19,13 +19,19 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from google.api_core.exceptions import BadRequest
 
+from conftest import Emulators
+from jobfleet import JobFleet, LaunchFailed
+from jobfleet.backends.gcp import cloud_run as launcher_module
 from jobfleet.backends.gcp.cloud_run import CloudRunLauncher
 from jobfleet.backends.local.store import SqliteStore
 from jobfleet.config import Settings
 from jobfleet.core.models import (
+    WORKER_LOST,
     NewInstance,
     NewOrchestration,
     OrchestrationSnapshot,
@@ -33,8 +39,9 @@ from jobfleet.core.models import (
     Status,
     Success,
 )
-from jobfleet.dev.cloud_run import CloudRunStandIn
+from jobfleet.dev.cloud_run import CloudRunStandIn, Json, Reply
 from jobfleet.errors import ConfigurationError
+from pubsub_raw import RawSubscription
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +99,21 @@ def settings_for(home: Path, cloud_run: CloudRunStandIn) -> Settings:
 
 def standin(**options: Any) -> CloudRunStandIn:
     return CloudRunStandIn(project=PROJECT, region=REGION, job=JOB, **options)
+
+
+class RefusingStandIn(CloudRunStandIn):
+    """The stand-in, accepting the first `accepted` RunJob calls and refusing every later
+    one with `status` (400: not retried), as a quota or a bad request would."""
+
+    def __init__(self, *, accepted: int, status: int = 400, **options: Any) -> None:
+        super().__init__(project=PROJECT, region=REGION, job=JOB, **options)
+        self.accepted, self.status = accepted, status
+
+    def handle(self, method: str, path: str, body: Json) -> Reply:
+        run_job = method == "POST" and urlsplit(path).path.endswith(":run")
+        if run_job and self.calls.get("RunJob", 0) >= self.accepted:
+            self.fail_next(1, status=self.status)
+        return super().handle(method, path, body)
 
 
 def create(
@@ -258,6 +280,101 @@ def test_past_ten_thousand_tasks_an_orchestration_is_split_into_executions(home:
             "JOBFLEET_BACKEND", "JOBFLEET_HOME", "JOBFLEET_LEASE_SECONDS",
         }
         assert execution.env["ORCHESTRATION_ID"] == new.id
+
+
+def test_each_execution_of_a_split_orchestration_runs_the_shards_past_its_offset(
+    home: Path, store: SqliteStore, env_job: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two tasks per execution: four shards are two executions, whose task 0 and 1 are
+    shards 0 and 1, then 2 and 3 (JOBFLEET_SHARD_OFFSET=2); each instance runs once."""
+    monkeypatch.setattr(launcher_module, "MAX_TASKS_PER_EXECUTION", 2)
+    params = [{"n": n, "dir": str(tmp_path)} for n in range(8)]
+    new = create(store, "record_env", params, shards=4)
+    with standin() as cloud_run:
+        launcher = CloudRunLauncher(settings_for(home, cloud_run))
+        execution = launcher.launch(new, 4, [str(env_job)])
+
+        snap = settled(store, new.id)
+        assert snap.status is Status.COMPLETED and snap.counts.succeeded == 8
+        results = [o.result for o in store.outcomes(new.id) if isinstance(o, Success)]
+        assert sorted(results) == list(range(8))
+        assert stopped(launcher, execution)
+        assert cloud_run.calls["RunJob"] == 2
+        executions = cloud_run.executions
+
+    names = execution.split(",")
+    assert [e.name for e in executions] == names
+    assert [(e.task_count, e.env["JOBFLEET_SHARD_OFFSET"]) for e in executions] == [
+        (2, "0"), (2, "2"),
+    ]
+    for n in range(8):
+        shard = n % 4
+        env = wait_for(tmp_path / f"env-{n}-attempt-0.json")["env"]
+        assert env["CLOUD_RUN_EXECUTION"] == names[shard // 2].rsplit("/", 1)[-1]
+        assert env["CLOUD_RUN_TASK_INDEX"] == str(shard % 2)
+        assert env["CLOUD_RUN_TASK_COUNT"] == "2"
+    assert sorted(p.name for p in tmp_path.glob("ran-*")) == sorted(
+        f"ran-{n}-attempt-0.json" for n in range(8)
+    )
+
+
+def test_when_a_later_run_job_fails_the_executions_already_started_are_cancelled(
+    home: Path, store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(launcher_module, "MAX_TASKS_PER_EXECUTION", 2)
+    params = [{"n": n, "dir": str(tmp_path), "seconds": 120} for n in range(6)]
+    new = create(store, "sleepy", params, shards=6)  # three executions of two tasks
+    with RefusingStandIn(accepted=1) as cloud_run:
+        launcher = CloudRunLauncher(settings_for(home, cloud_run))
+        with pytest.raises(BadRequest, match="injected failure"):
+            launcher.launch(new, 6, [])
+
+        assert cloud_run.calls["RunJob"] == 2  # the second refused: no third is tried
+        [first] = cloud_run.executions
+        assert cloud_run.calls.get("CancelExecution", 0) == 1
+        assert first.cancelled and first.tasks is not None and not first.tasks.running
+        assert not launcher.is_running(first.name)
+    started = [int(p.read_text()) for p in tmp_path.glob("running-*")]
+    assert not any(Path(f"/proc/{pid}").exists() for pid in started)
+    assert store.unfinished(new.id) == 6  # nothing ran to completion
+
+
+def test_a_kick_off_whose_later_run_job_is_refused_ends_errored_and_leaves_nothing_running(
+    gcp_env: Emulators, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the gcp backend (Firestore and Pub/Sub emulators): kick_off raises LaunchFailed,
+    the orchestration ends Errored with its one event, and the execution that had
+    started is cancelled instead of running its shards for nobody."""
+    assert gcp_env.project == PROJECT
+    monkeypatch.setattr(launcher_module, "MAX_TASKS_PER_EXECUTION", 2)
+    topic = f"completed-{uuid.uuid4().hex[:10]}"
+    params = [{"n": n, "dir": str(tmp_path), "seconds": 120} for n in range(6)]
+    with RefusingStandIn(accepted=1) as cloud_run:
+        for name, value in {
+            "JOBFLEET_BACKEND": "gcp", "JOBFLEET_REGION": REGION, "JOBFLEET_CLOUD_RUN_JOB": JOB,
+            "JOBFLEET_CLOUD_RUN_ENDPOINT": cloud_run.url, "JOBFLEET_TOPIC": topic,
+        }.items():
+            monkeypatch.setenv(name, value)
+        with RawSubscription(PROJECT, topic) as raw, JobFleet() as fleet:
+            with pytest.raises(LaunchFailed, match="injected failure") as raised:
+                fleet.kick_off("sleepy", params, parallelism=6)
+
+            orchestration = fleet.orchestration(raised.value.orchestration_id)
+            snap = orchestration.status()
+            assert snap.status is Status.ERRORED and snap.event_published
+            assert (snap.counts.total, snap.counts.failed) == (6, 6)
+            errors = [i.error for i in orchestration.instances()]
+            assert all(e is not None and e.type == WORKER_LOST for e in errors)
+            assert raw.counts() == {orchestration.id: 1}
+            assert raw.messages[0].status is Status.ERRORED
+
+            assert cloud_run.calls["RunJob"] == 2
+            [first] = cloud_run.executions
+            assert first.cancelled
+            assert not fleet.backend.launcher.is_running(first.name)
+    started = [int(p.read_text()) for p in tmp_path.glob("running-*")]
+    assert not any(Path(f"/proc/{pid}").exists() for pid in started)
 
 
 def test_the_stand_in_command_serves_the_api_and_leaves_no_worker_behind(

@@ -1,0 +1,194 @@
+"""The deployed completion function: functions/main.py, served by functions-framework.
+
+`gcloud functions deploy --source=functions --entry-point=on_job_written` runs
+functions/main.py, not the SDK module the other tests serve in-process. Here the
+`functions-framework` command loads that file, as Cloud Functions does, in a process of
+its own against the emulators, and receives Eventarc's Firestore CloudEvents: the
+Firestore emulator's own trigger events through the session's relay, and one built by
+hand and delivered twice. The completion event is counted on a plain Pub/Sub
+subscription, so a second publish would show.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from google.events.cloud.firestore_v1 import Document, DocumentEventData, Value
+
+from conftest import Emulators, eventually
+from jobfleet.backends.gcp.firestore_store import FirestoreStore
+from jobfleet.config import DEFAULT_TOPIC
+from jobfleet.core.models import (
+    ErrorInfo,
+    NewInstance,
+    NewOrchestration,
+    OrchestrationSnapshot,
+    Outcome,
+    RunOptions,
+    Status,
+)
+from jobfleet.dev.emulators import free_port, stop_group
+from jobfleet.dev.eventarc import FirestoreEvent, FunctionEndpoint, cloud_event_headers
+from pubsub_raw import RawSubscription
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+SETTLE_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class DeployedFunction:
+    url: str
+    project: str
+    log: Path
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def deployed(gcp_env: Emulators, tmp_path: Path) -> Iterator[DeployedFunction]:
+    """`functions-framework --source functions/main.py --target on_job_written` on a free
+    port, in a project of its own on the emulators."""
+    project = f"fn-{uuid.uuid4().hex[:10]}"
+    port = free_port()
+    log = tmp_path / "function.log"
+    binary = shutil.which("functions-framework", path=os.path.dirname(sys.executable))
+    assert binary, "functions-framework is installed with jobfleet[gcp]"
+    command = [binary, "--source", str(REPO / "functions" / "main.py"),
+               "--target", "on_job_written", "--signature-type", "cloudevent",
+               "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, env={**os.environ, "GOOGLE_CLOUD_PROJECT": project}, cwd=tmp_path,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        started = eventually(lambda: process.poll() is not None or _listening(port), 60)
+        assert started and process.poll() is None, f"the function did not start:\n{log.read_text()}"
+        yield DeployedFunction(f"http://127.0.0.1:{port}/", project, log)
+    finally:
+        stop_group(process)
+
+
+@pytest.fixture
+def store(deployed: DeployedFunction) -> Iterator[FirestoreStore]:
+    opened = FirestoreStore(deployed.project)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def raw(deployed: DeployedFunction) -> Iterator[RawSubscription]:
+    with RawSubscription(deployed.project, DEFAULT_TOPIC) as subscription:
+        yield subscription
+
+
+def create(store: FirestoreStore, n: int) -> str:
+    oid = str(uuid.uuid4())
+    options = RunOptions(retries=0, backoff=0.0, timeout=None, parallelism=1)
+    store.create_orchestration(
+        NewOrchestration(oid, "thumbnail", options, {"team": "data"}, time.time()),
+        [[NewInstance(str(uuid.uuid4()), i, 0, {"n": i}) for i in range(n)]],
+    )
+    return oid
+
+
+def finish(store: FirestoreStore, oid: str, statuses: list[Status]) -> None:
+    """What a worker writes: claim, then one outcome per instance in one commit."""
+    claimed = store.claim(oid, 0, "worker-a", limit=len(statuses), now=time.time(), lease=60)
+    store.record_outcomes(oid, [
+        Outcome(c.job_id, c.index, c.owner, status,
+                result=c.index if status is Status.COMPLETED else None,
+                error=None if status is Status.COMPLETED else ErrorInfo("ValueError", "bad"))
+        for c, status in zip(sorted(claimed, key=lambda c: c.index), statuses, strict=True)
+    ])
+
+
+def settled(store: FirestoreStore, oid: str, log: Path) -> OrchestrationSnapshot:
+    """Wait, on the store's own change feed, until the function has flipped and announced."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    token = store.change_token(oid)
+    while True:
+        snap = store.get_orchestration(oid)
+        if snap.status.terminal and snap.event_published:
+            return snap
+        left = deadline - time.monotonic()
+        assert left > 0, f"the function did not settle {snap}:\n{log.read_text()[-3000:]}"
+        token = store.wait_for_change(oid, token, min(left, 0.5))
+
+
+def test_the_deployed_entry_point_settles_on_the_emulators_trigger_event(
+    deployed: DeployedFunction, gcp_env: Emulators, store: FirestoreStore,
+    raw: RawSubscription,
+) -> None:
+    oid = create(store, 1)
+    route = gcp_env.relay.register(deployed.project, deployed.url)
+    try:
+        finish(store, oid, [Status.ERRORED])
+        snap = settled(store, oid, deployed.log)
+    finally:
+        gcp_env.relay.unregister(route)
+
+    assert snap.status is Status.ERRORED
+    assert route.failed == 0  # every delivery answered 2xx
+    assert raw.counts() == {oid: 1}
+    [event] = raw.messages
+    assert (event.status, event.total, event.failed, event.tags) == (
+        Status.ERRORED, 1, 1, {"team": "data"},
+    )
+
+
+def job_written(project: str, oid: str, job_id: str, before: str, after: str) -> FirestoreEvent:
+    """The CloudEvent Eventarc sends for a job document's status going `before` -> `after`."""
+    path = f"jobfleet_orchestrations/{oid}/jobs/{job_id}"
+    name = f"projects/{project}/databases/(default)/documents/{path}"
+
+    def document(status: str) -> Document:
+        return Document(name=name, fields={"status": Value(string_value=status),
+                                           "shard": Value(integer_value=0)})
+
+    data = DocumentEventData(old_value=document(before), value=document(after))
+    data.update_mask.field_paths.append("status")
+    headers = cloud_event_headers(project, path, dt.datetime.now(dt.UTC), str(uuid.uuid4()),
+                                  "us-central1")
+    return FirestoreEvent(path, headers, DocumentEventData.serialize(data))
+
+
+def test_a_redelivered_event_to_the_deployed_entry_point_publishes_once(
+    deployed: DeployedFunction, store: FirestoreStore, raw: RawSubscription
+) -> None:
+    """No trigger route: the instances end unannounced, then Eventarc delivers the last
+    write's event, and (at least once) delivers it again."""
+    oid = create(store, 2)
+    finish(store, oid, [Status.COMPLETED, Status.COMPLETED])
+    assert store.get_orchestration(oid).status is Status.IN_PROGRESS
+    [last] = [i for i in store.list_instances(oid) if i.index == 1]
+    event = job_written(deployed.project, oid, last.job_id, "InProgress", "Completed")
+
+    endpoint = FunctionEndpoint(deployed.url)
+    try:
+        assert endpoint.post(event) == 200
+        snap = store.get_orchestration(oid)  # the reply came after the settle
+        assert snap.status is Status.COMPLETED and snap.event_published
+        assert endpoint.post(event) == 200
+    finally:
+        endpoint.close()
+
+    assert raw.counts() == {oid: 1}
+    [published] = raw.messages
+    assert (published.status, published.total, published.succeeded) == (Status.COMPLETED, 2, 2)
