@@ -87,3 +87,35 @@ class JobTimeout(JobfleetError, TimeoutError):
 
     def __init__(self, timeout: float) -> None:
         super().__init__(f"attempt exceeded its timeout of {timeout:g}s")
+
+
+class InvalidResult(JobfleetError, ValueError):
+    """A job returned a value jobfleet cannot store; the attempt fails (retries apply)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"the job's result {problem}")
+
+
+class UnusableHome(ConfigurationError):
+    """The local backend's state folder (JOBFLEET_HOME) cannot hold the store."""
+
+    def __init__(self, home: object, problem: str) -> None:
+        super().__init__(
+            f"cannot use {home} as the jobfleet home: {problem}. Set JOBFLEET_HOME (or pass "
+            "--home) to a folder you can write to; it is created if missing."
+        )
+        self.home = home
+
+
+class JobNotImportable(JobfleetError):
+    """A job declared where no worker can import it (standard input, `python -c`, an
+    interactive interpreter or a notebook cell)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"job {name!r} is declared in __main__ without a file (standard input, "
+            "`python -c`, an interactive interpreter or a notebook cell), so no worker can "
+            "import it. Put it in a module and name that module in JOBFLEET_JOBS (or "
+            "--jobs-module), or declare it in a script file run as `python script.py`."
+        )
+        self.name = name

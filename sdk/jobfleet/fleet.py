@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
 import time
 import uuid
 from collections import Counter
@@ -10,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from jobfleet.backends import Backend, open_backend
+from jobfleet.backends import Backend, default_parallelism, open_backend
 from jobfleet.config import Settings
 from jobfleet.core import params as param_sets
 from jobfleet.core.completion import abandon, settle
@@ -23,7 +25,7 @@ from jobfleet.core.models import (
     Status,
 )
 from jobfleet.core.options import check_options
-from jobfleet.core.registry import get_job, import_jobs, job_sources
+from jobfleet.core.registry import get_launchable_job, import_jobs, job_sources
 from jobfleet.core.results import Results, partition
 from jobfleet.core.sweep import Ports, sweep, sweep_orchestration
 from jobfleet.errors import LaunchFailed, NoEventHistory, WaitTimeout
@@ -120,10 +122,21 @@ class JobFleet:
     ) -> None:
         self.settings = Settings.from_env(backend=backend, home=home, jobs_modules=jobs_modules)
         import_jobs(self.settings.jobs_modules)
-        self.backend: Backend = open_backend(self.settings)
+        self._backend: Backend | None = None
+        self._opening = threading.Lock()
+
+    @property
+    def backend(self) -> Backend:
+        """The store, launcher and bus, opened on first use: input refused before then
+        creates nothing, not even a local home."""
+        with self._opening:
+            if self._backend is None:
+                self._backend = open_backend(self.settings)
+            return self._backend
 
     def close(self) -> None:
-        self.backend.close()
+        if self._backend is not None:
+            self._backend.close()
 
     @property
     def ports(self) -> Ports:
@@ -156,12 +169,12 @@ class JobFleet:
         Every parameter set is checked while it streams into the store in batches;
         a bad one raises InvalidParams naming its index, and nothing is created.
         """
-        definition = get_job(job_name)
+        definition = get_launchable_job(job_name)
         options = RunOptions(
             retries=definition.retries if retries is None else retries,
             backoff=definition.backoff,
             timeout=definition.timeout if timeout is None else timeout,
-            parallelism=self.backend.default_parallelism if parallelism is None else parallelism,
+            parallelism=default_parallelism(self.settings) if parallelism is None else parallelism,
         )
         check_options(options, tags or {})
         new = NewOrchestration(
@@ -172,6 +185,10 @@ class JobFleet:
             created_at=time.time(),
         )
         batches = param_sets.instance_batches(definition, params, shards=options.parallelism)
+        # The first batch is checked before the backend opens, so that a bad parameter set
+        # in it creates nothing at all; a later one rolls the orchestration back.
+        first = next(batches, [])
+        batches = itertools.chain([first] if first else [], batches)
         backend = self.backend
         total = backend.store.create_orchestration(new, batches)
         try:

@@ -10,7 +10,6 @@ keeps the leases of what it holds alive so that a lost worker is noticed.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -24,8 +23,9 @@ from typing import Any
 
 from jobfleet.backends import open_backend, open_store
 from jobfleet.config import DEFAULT_LEASE_SECONDS, Settings
+from jobfleet.core import payloads
 from jobfleet.core.completion import settle
-from jobfleet.core.models import ClaimedInstance, ErrorInfo, Outcome, Status
+from jobfleet.core.models import ClaimedInstance, Outcome, Status
 from jobfleet.core.params import to_argument
 from jobfleet.core.ports import EventBus, Store
 from jobfleet.core.recovery import Owner, lost_worker_outcomes
@@ -119,14 +119,7 @@ def _with_alarm(timeout: float, call: Any) -> Any:
 
 
 def _as_json(result: Any) -> Any:
-    dump = getattr(result, "model_dump", None)
-    if callable(dump):
-        result = dump(mode="json")
-    try:
-        json.dumps(result)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"the job's result is not JSON-serialisable: {exc}") from None
-    return result
+    return payloads.result_json(result)
 
 
 class Heartbeat(threading.Thread):
@@ -205,7 +198,7 @@ class Worker:
         try:
             result = _as_json(self.runner.run(claim.params))
         except Exception as exc:
-            error = ErrorInfo.from_exception(exc, traceback.format_exc())
+            error = payloads.error_info(exc, traceback.format_exc())
             return self.policy.after_failure(claim, error, time.time())
         return Outcome(claim.job_id, claim.index, claim.owner, Status.COMPLETED, result=result)
 

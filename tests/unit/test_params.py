@@ -128,5 +128,7 @@ def test_instances_are_numbered_in_order_and_sharded_by_index(shards: int) -> No
     assert len({i.job_id for i in instances}) == 25
 
 
-def test_no_parameter_sets_yield_no_batches() -> None:
-    assert list(instance_batches(PLAIN, [], shards=2)) == []
+def test_no_parameter_sets_are_refused_before_any_batch() -> None:
+    # Refused while streaming, so that kick-off refuses it before opening the store.
+    with pytest.raises(InvalidParams, match="no parameter sets: give at least one"):
+        next(instance_batches(PLAIN, [], shards=2))

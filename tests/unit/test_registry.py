@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import textwrap
 import uuid
@@ -200,3 +201,32 @@ def test_split_modules_reads_a_comma_separated_list() -> None:
     ]
     assert split_modules(None) == []
     assert split_modules("") == []
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        ("def helper():\n    raise RuntimeError('no DATABASE_URL')\n\nhelper()\n",
+         r"RuntimeError: no DATABASE_URL \(at .*line 2\)"),
+        ("@job('broken'\ndef broken(params):\n    return 1\n", r"SyntaxError: "),
+        ("import sys\nsys.exit(4)\n", r"SystemExit: 4 \(at .*line 2\)"),
+        ("x = {}['missing']\n", r"KeyError: 'missing' \(at .*line 1\)"),
+    ],
+    ids=["runtime-error", "syntax-error", "sys-exit", "key-error"],
+)
+@pytest.mark.parametrize("by", ["module", "script"])
+def test_a_jobs_module_that_fails_at_import_is_a_configuration_error_naming_it(
+    jobs_dir: Path, source: str, words: str, by: str
+) -> None:
+    module = f"failing_{uuid.uuid4().hex}"
+    path = jobs_dir / f"{module}.py"
+    path.write_text(source)
+    spec = module if by == "module" else str(path)
+
+    with pytest.raises(ConfigurationError) as refused:
+        import_jobs([spec])
+
+    message = str(refused.value)
+    assert message.startswith(f"cannot import jobs module {spec!r}: ")
+    assert re.search(words, message), message
+    assert message.endswith("Fix the module, or leave it out of JOBFLEET_JOBS and --jobs-module.")

@@ -55,6 +55,11 @@ def test_a_job_with_nothing_finished_has_no_ratio_and_no_throughput() -> None:
         (OPTIONS, {"status": "a"}, "reserved for the completion event"),
         (OPTIONS, {"k": "v" * 1025}, "longer than 1024 bytes"),
         (OPTIONS, {f"k{i}": "v" for i in range(65)}, "at most 64 tags"),
+        # argv bytes that are not UTF-8 arrive as surrogate escapes; JSON can carry a lone
+        # surrogate too. Neither can be stored or published.
+        (OPTIONS, {"k": b"\xff".decode("utf-8", "surrogateescape")},
+         "tag 'k' has a value that is not valid UTF-8 text"),
+        (OPTIONS, {"k\udcff": "v"}, "is not valid UTF-8 text; give tags as UTF-8 text"),
     ],
 )
 def test_options_out_of_range_are_refused_by_name(

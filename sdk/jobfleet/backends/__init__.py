@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from jobfleet.config import Settings
 from jobfleet.core.ports import EventBus, Launcher, Store
-from jobfleet.errors import ConfigurationError
+from jobfleet.errors import ConfigurationError, UnusableHome
 
 GCP_DEFAULT_PARALLELISM = 10
 GCP_EXTRA = 'the gcp backend needs the Google Cloud libraries: pip install "jobfleet[gcp]"'
@@ -28,11 +28,44 @@ class Backend:
         self.bus.close()
 
 
+def default_parallelism(settings: Settings) -> int:
+    """Tasks at once when kick-off names none; known without opening anything."""
+    return (os.cpu_count() or 2) if settings.backend == "local" else GCP_DEFAULT_PARALLELISM
+
+
+def check_home(settings: Settings) -> None:
+    """Create the local home if missing; UnusableHome naming the path and the problem when
+    it cannot hold the store (a file, read-only, not writable, a damaged database)."""
+    home, database = settings.home, settings.database
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UnusableHome(home, "it is a file, not a folder") from None
+    except NotADirectoryError:
+        raise UnusableHome(home, "a part of its path is a file, not a folder") from None
+    except OSError as exc:
+        raise UnusableHome(home, f"it cannot be created ({exc.strerror})") from None
+    if not home.is_dir():
+        raise UnusableHome(home, "it is not a folder")
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise UnusableHome(home, "the folder is read-only or not writable for this user")
+    if database.exists() and not database.is_file():
+        raise UnusableHome(home, f"{database} is not a file")
+    if database.exists() and not os.access(database, os.R_OK | os.W_OK):
+        raise UnusableHome(home, f"{database} is read-only or not readable for this user")
+
+
 def open_store(settings: Settings) -> Store:
     if settings.backend == "local":
+        import sqlite3
+
         from jobfleet.backends.local.store import SqliteStore
 
-        return SqliteStore(settings.database)
+        check_home(settings)
+        try:
+            return SqliteStore(settings.database)
+        except sqlite3.Error as exc:
+            raise UnusableHome(settings.home, f"cannot open {settings.database}: {exc}") from None
     try:
         from jobfleet.backends.gcp.firestore_store import FirestoreStore
     except ImportError as exc:
@@ -61,7 +94,7 @@ def open_backend(settings: Settings) -> Backend:
             store=store,
             launcher=ProcessLauncher(settings),
             bus=open_bus(settings),
-            default_parallelism=os.cpu_count() or 2,
+            default_parallelism=default_parallelism(settings),
         )
     from jobfleet.backends.gcp.cloud_run import CloudRunLauncher
 
@@ -69,6 +102,6 @@ def open_backend(settings: Settings) -> Backend:
         store=store,
         launcher=CloudRunLauncher(settings),
         bus=open_bus(settings),
-        default_parallelism=GCP_DEFAULT_PARALLELISM,
+        default_parallelism=default_parallelism(settings),
         worker_settles=False,
     )

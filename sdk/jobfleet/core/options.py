@@ -44,6 +44,10 @@ def check_tags(tags: dict[str, str]) -> None:
     for key, value in tags.items():
         if not isinstance(key, str) or not key or key.startswith("goog"):
             raise InvalidOption(f"tag key {key!r} must be a non-empty string not starting 'goog'")
+        if not _utf8(key):
+            raise InvalidOption(
+                f"tag key {key!r} is not valid UTF-8 text; give tags as UTF-8 text"
+            )
         if any(c in key for c in TAG_KEY_FORBIDDEN):
             raise InvalidOption(f"tag key {key!r} must not contain ':' or '='")
         if len(key.encode()) > MAX_TAG_KEY:
@@ -52,8 +56,23 @@ def check_tags(tags: dict[str, str]) -> None:
             raise InvalidOption(f"tag key {key!r} is reserved for the completion event")
         if not isinstance(value, str):
             raise InvalidOption(f"tag {key!r} must have a string value, got {value!r}")
+        if not _utf8(value):
+            raise InvalidOption(
+                f"tag {key!r} has a value that is not valid UTF-8 text ({value[:40]!r}); "
+                "give tags as UTF-8 text"
+            )
         if len(value.encode()) > MAX_TAG_VALUE:
             raise InvalidOption(f"tag {key!r} has a value longer than {MAX_TAG_VALUE} bytes")
+
+
+def _utf8(text: str) -> bool:
+    """False for text holding lone surrogates: bytes that were not UTF-8 in argv (Python
+    keeps them as surrogate escapes) or a JSON string with an unpaired \\ud800-\\udfff."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_tag_filter(text: str) -> tuple[str, str]:

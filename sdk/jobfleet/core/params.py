@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from jobfleet.core import payloads
 from jobfleet.core.models import JsonObject, NewInstance
 from jobfleet.core.registry import JobDefinition
 from jobfleet.errors import InvalidParams
@@ -25,11 +25,16 @@ def _pydantic_model(definition: JobDefinition) -> Any:
 
 
 def check(definition: JobDefinition, index: int, params: Any) -> JsonObject:
-    """Refuse a parameter set that is not a JSON object or that fails the job's schema."""
+    """Refuse a parameter set that is not a JSON object, that fails the job's schema, or
+    that cannot be stored (too deep, NaN or Infinity, over the size limit: core/payloads)."""
     if not isinstance(params, dict):
         raise InvalidParams(
             f"expected a JSON object, got {type(params).__name__} {_short(params)}", index
         )
+    try:  # before the schema: pydantic would recurse into a value nested without bound
+        payloads.to_json_text(params, payloads.MAX_PARAMS_BYTES, "parameter set")
+    except payloads.PayloadProblem as exc:
+        raise InvalidParams(str(exc), index) from None
     model = _pydantic_model(definition)
     if model is not None:
         from pydantic import ValidationError
@@ -42,10 +47,6 @@ def check(definition: JobDefinition, index: int, params: Any) -> JsonObject:
                 for err in exc.errors()
             )
             raise InvalidParams(f"does not fit {model.__name__}: {problems}", index) from None
-    try:
-        json.dumps(params, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidParams(f"is not JSON-serialisable: {exc}", index) from None
     return params
 
 
@@ -60,15 +61,19 @@ def instance_batches(
 ) -> Iterator[list[NewInstance]]:
     """Check and number parameter sets lazily; a bad one raises mid-stream.
 
-    Instance i belongs to shard i % shards, the share of task i % shards.
+    Instance i belongs to shard i % shards, the share of task i % shards. No parameter
+    set at all is refused too.
     """
     batch: list[NewInstance] = []
+    index = -1
     for index, item in enumerate(params):
         checked = check(definition, index, item)
         batch.append(NewInstance(str(uuid.uuid4()), index, index % shards, checked))
         if len(batch) >= size:
             yield batch
             batch = []
+    if index < 0:
+        raise InvalidParams("no parameter sets: give at least one")
     if batch:
         yield batch
 

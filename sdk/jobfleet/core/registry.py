@@ -11,12 +11,13 @@ import inspect
 import os
 import runpy
 import sys
+import traceback
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from jobfleet.errors import ConfigurationError, UnknownJob
+from jobfleet.errors import ConfigurationError, JobNotImportable, UnknownJob
 
 T = TypeVar("T")
 
@@ -32,6 +33,7 @@ class JobDefinition:
     backoff: float = DEFAULT_BACKOFF
     timeout: float | None = None
     source: str = ""  # module name, or a file path for a script's jobs
+    importable: bool = True  # False when declared where no worker can import it
     _params_type: Any = field(default=None, repr=False)
     _resolved: bool = field(default=False, repr=False)
 
@@ -92,14 +94,18 @@ def job(
         if not inspect.isclass(target) and not callable(target):
             raise TypeError("@job decorates a class or a function")
         module = getattr(target, "__module__", "")
-        source = module
+        source, importable = module, True
         if module == "__main__":
-            source = os.path.abspath(getattr(sys.modules["__main__"], "__file__", "") or "")
+            # A script file's jobs are found again by running the file; standard input
+            # ("<stdin>"), `python -c`, an interactive session or a notebook has none.
+            main_file = getattr(sys.modules["__main__"], "__file__", None) or ""
+            importable = os.path.isfile(main_file)
+            source = os.path.abspath(main_file) if importable else ""
         elif module == _SCRIPT_RUN_NAME and _loading_script:
             source = _loading_script[-1]
         _REGISTRY[name] = JobDefinition(
             name=name, target=target, retries=retries, backoff=backoff, timeout=timeout,
-            source=source,
+            source=source, importable=importable,
         )
         return target
 
@@ -111,6 +117,19 @@ def get_job(name: str) -> JobDefinition:
         return _REGISTRY[name]
     except KeyError:
         raise UnknownJob(name, list(_REGISTRY)) from None
+
+
+def get_launchable_job(name: str) -> JobDefinition:
+    """The job, refused when no worker could import it (JobNotImportable)."""
+    if _loading_script:  # a worker running the script would kick off again, and so on
+        raise ConfigurationError(
+            f"{_loading_script[-1]} kicks off {name!r} while jobfleet runs it to find its "
+            "jobs; put the kick-off under `if __name__ == \"__main__\":`"
+        )
+    definition = get_job(name)
+    if not definition.importable:
+        raise JobNotImportable(name)
+    return definition
 
 
 def known_jobs() -> list[str]:
@@ -145,8 +164,25 @@ def import_jobs(modules: Iterable[str]) -> None:
                     _loading_script.pop()
             else:
                 importlib.import_module(spec)
-        except (ImportError, OSError) as exc:
-            raise ConfigurationError(f"cannot import jobs module {spec!r}: {exc}") from exc
+        except (Exception, SystemExit) as exc:  # whatever the module raises, SyntaxError too
+            raise ConfigurationError(
+                f"cannot import jobs module {spec!r}: {type(exc).__name__}: {exc}"
+                f"{_raised_at(exc, spec)}. Fix the module, or leave it out of JOBFLEET_JOBS "
+                "and --jobs-module."
+            ) from exc
+
+
+def _raised_at(exc: BaseException, spec: str) -> str:
+    """Where in the user's code an import failed: the innermost frame outside jobfleet
+    and the import machinery (a SyntaxError names its own file and line)."""
+    if isinstance(exc, SyntaxError | ImportError | OSError):
+        return ""
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith("<frozen") and os.path.dirname(__file__) not in f.filename
+        and not f.filename.endswith(("runpy.py", "importlib/__init__.py"))
+    ]
+    return f" (at {frames[-1].filename} line {frames[-1].lineno})" if frames else ""
 
 
 def split_modules(value: str | None) -> list[str]:
