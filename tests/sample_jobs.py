@@ -60,3 +60,12 @@ async def double_async(params: dict[str, Any]) -> int:
 @job("unserialisable", retries=0)
 def unserialisable(params: dict[str, Any]) -> object:
     return object()
+
+
+@job("chatty", retries=0)
+def chatty(params: dict[str, Any]) -> int:
+    """Prints `chunks` blocks of 100 KB, `pause` seconds apart."""
+    for _ in range(int(params["chunks"])):
+        print("x" * 100_000, flush=True)
+        time.sleep(float(params.get("pause", 0.05)))
+    return 0

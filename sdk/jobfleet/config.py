@@ -15,6 +15,7 @@ DEFAULT_REGION = "us-central1"
 DEFAULT_CLOUD_RUN_JOB = "jobfleet-worker"
 DEFAULT_TOPIC = "jobfleet-job-completed"
 DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_LOG_LIMIT_BYTES = 64 * 1024 * 1024
 
 
 def default_home(env: Mapping[str, str]) -> Path:
@@ -36,6 +37,9 @@ class Settings:
     # How long a worker's claim lives without a heartbeat: a worker silent for longer
     # is treated as dead (stopped and replaced, its instances recovered).
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    # Past this size a local orchestration's log moves to <log>.1 (a job that prints
+    # without end must not fill the disk).
+    log_limit_bytes: int = DEFAULT_LOG_LIMIT_BYTES
 
     @classmethod
     def from_env(
@@ -66,6 +70,9 @@ class Settings:
             cloud_run_endpoint=env.get("JOBFLEET_CLOUD_RUN_ENDPOINT") or None,
             topic=env.get("JOBFLEET_TOPIC") or DEFAULT_TOPIC,
             lease_seconds=_positive(env, "JOBFLEET_LEASE_SECONDS", DEFAULT_LEASE_SECONDS),
+            log_limit_bytes=int(
+                _positive(env, "JOBFLEET_LOG_LIMIT_BYTES", DEFAULT_LOG_LIMIT_BYTES)
+            ),
         )
 
     def require_project(self) -> str:
@@ -134,5 +141,5 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
     except ValueError:
         value = -1.0
     if not value > 0 or value == float("inf"):
-        raise ConfigurationError(f"{name} must be a positive number of seconds, not {text!r}")
+        raise ConfigurationError(f"{name} must be a positive number, not {text!r}")
     return value

@@ -122,3 +122,19 @@ def test_losing_the_whole_execution_charges_what_ran_and_recovers_the_rest(
     assert {f.error.type for f in failures} == {"WorkerLost"}
     assert sorted(s.index for s in successes) == [2, 3]
     assert events_for(fleet, orchestration.id) == [Status.ERRORED]
+
+
+def test_a_job_that_prints_without_end_does_not_fill_the_disk(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """6 MB printed against a 1 MB limit: the log is rotated (<log>.1 keeps the previous
+    part) instead of growing with the output."""
+    monkeypatch.setenv("JOBFLEET_LOG_LIMIT_BYTES", "1000000")
+    monkeypatch.setenv("JOBFLEET_LEASE_SECONDS", "1.5")  # the supervisor looks every 0.5 s
+    with JobFleet() as fleet:
+        orchestration = fleet.kick_off("chatty", [{"chunks": 60, "pause": 0.05}], parallelism=1)
+        assert orchestration.wait(timeout=60).status is Status.COMPLETED
+        log = fleet.settings.log_of(orchestration.id)
+    rotated = log.with_name(log.name + ".1")
+    assert rotated.exists()
+    assert log.stat().st_size + rotated.stat().st_size < 6_000_000 // 2

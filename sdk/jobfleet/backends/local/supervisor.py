@@ -28,7 +28,6 @@ from jobfleet.core.sweep import Ports, execution_ended, reap_expired
 
 MAX_TASK_RETRIES = 3  # Cloud Run's default
 TICK_SECONDS = 0.05
-LOG_LIMIT_BYTES = 64 * 1024 * 1024  # then the log is rotated once: <log>.1 holds the previous
 
 
 class Supervisor:
@@ -37,6 +36,7 @@ class Supervisor:
         self.backend = open_backend(settings)
         self.ports = Ports(self.backend.store, self.backend.launcher, self.backend.bus)
         self.log = settings.log_of(orchestration_id)
+        self.log_limit = settings.log_limit_bytes
         self.reap_every = min(5.0, settings.lease_seconds / 3)
         self.execution = f"{EXECUTION_PREFIX}{os.getpid()}"
         self.tasks = TaskSet(
@@ -85,7 +85,7 @@ class Supervisor:
         """A job that prints without end must not fill the disk: past the limit the log
         moves to <log>.1 (the writers append to the emptied file)."""
         try:
-            if self.log.stat().st_size > LOG_LIMIT_BYTES:
+            if self.log.stat().st_size > self.log_limit:
                 shutil.copyfile(self.log, self.log.with_name(self.log.name + ".1"))
                 os.truncate(self.log, 0)
         except OSError as exc:
