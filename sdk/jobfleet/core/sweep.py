@@ -15,7 +15,7 @@ conditional, and a launch that loses a race is cancelled).
 
 from __future__ import annotations
 
-import math
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -95,7 +95,8 @@ def execution_ended(ports: Ports, snap: OrchestrationSnapshot, why: str) -> str:
     crash charges or isolates an instance, so this ends); when one made none, it ends
     Errored."""
     store = ports.store
-    stale = store.stale_claims(snap.id, now=math.inf)  # every holder is gone
+    # Every holder is gone: every lease counts as expired.
+    stale = store.stale_claims(snap.id, now=sys.float_info.max)
     if stale:
         policy = RetryPolicy.of(snap.options)
         store.record_outcomes(snap.id, lost_worker_outcomes(stale, policy, why))
