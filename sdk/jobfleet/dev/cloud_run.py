@@ -7,7 +7,8 @@ Cloud Run's environment (through TaskSet, the same task runner the local backend
 uses). So the production launcher is the code under test, end to end, without a
 cloud project. It counts the calls it receives, so that tests can hold the
 "O(1) Admin API calls per orchestration" cost principle, and can be told to fail
-RunJob calls, so that tests can see the launcher retry.
+RunJob calls, so that tests can see the launcher retry, or to answer them slowly, so
+that a caller can die while its RunJob is in flight.
 
     python -m jobfleet.dev.cloud_run --port 8123 --project demo --region us-central1 \\
         --job jobfleet-worker --parallelism 4
@@ -208,6 +209,7 @@ class CloudRunStandIn:
         self._lock = threading.Lock()
         self._calls: Counter[str] = Counter()
         self._failures: list[int] = []  # HTTP statuses for the next RunJob calls
+        self._delays: list[float] = []  # seconds the next RunJob calls wait before acting
         self._executions: dict[str, Execution] = {}
         self._operations: dict[str, str] = {}  # operation name -> execution name
         self._stopped = threading.Event()
@@ -274,6 +276,12 @@ class CloudRunStandIn:
         with self._lock:
             self._failures.extend([status] * n)
 
+    def delay_next(self, n: int, seconds: float) -> None:
+        """The next `n` RunJob calls wait `seconds` before they act (and answer): a slow
+        Admin API, for a caller that gives up or dies meanwhile. The run still happens."""
+        with self._lock:
+            self._delays.extend([seconds] * n)
+
     # -- the API ------------------------------------------------------------------
 
     def handle(self, method: str, path: str, body: Json) -> Reply:
@@ -285,6 +293,9 @@ class CloudRunStandIn:
             if verb == method and match:
                 with self._lock:
                     self._calls[name] += 1
+                    delay = self._delays.pop(0) if name == "RunJob" and self._delays else 0.0
+                time.sleep(delay)  # not under the lock: other calls go on meanwhile
+                with self._lock:
                     try:
                         return 200, self._dispatch(name, match.groupdict(), body)
                     except ApiError as exc:
