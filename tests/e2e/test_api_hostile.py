@@ -273,6 +273,7 @@ def test_following_hundreds_of_orchestrations_leaves_no_file_open(
         assert eventually(lambda: upstreams() == 0, timeout=60)  # every feed has ended
         held.append(open_fds(server))
 
+    print(f"open descriptors: {baseline} at start, {held} after each round")
     assert held[0] < baseline + 200, (baseline, held)  # four a feed would be 400 a round
     assert held[-1] < held[0] + 48, (baseline, held)  # and it does not grow round by round
     assert follow(ended[0]) == ["snapshot", "progress", "completed"]
