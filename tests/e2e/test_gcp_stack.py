@@ -369,3 +369,40 @@ def test_the_http_api_follows_a_fan_out_live_on_the_google_cloud_shape(
                         headers=server.headers(), timeout=60).json()
     assert [f["params"] for f in results["failures"]] == [{"n": 3, "fail": True}]
     assert len(results["successes"]) == 11
+
+
+def test_last_event_id_resume_on_firestore_sends_no_transition_twice(
+    stack: dict[str, str], serve: ServerFactory
+) -> None:
+    """Firestore stamps changes with the writers' clocks and the feed re-reads a margin
+    for their skew: a resumed client must still get each transition once, none missed."""
+    import httpx
+
+    from sse_client import Event, events
+
+    server = serve(token="gcp-api-token",
+                   env=_env_with_tests({**stack, "JOBFLEET_JOBS": "sample_jobs"}))
+    params = [{"n": n, "seconds": 0.3} for n in range(8)]
+    created = httpx.post(server.url + "/v1/orchestrations", headers=server.headers(),
+                         json={"job_name": "sleepy", "params": params, "parallelism": 2},
+                         timeout=60)
+    assert created.status_code == 202, created.text
+    path = f"/v1/orchestrations/{created.json()['orchestration_id']}/events"
+    before: list[Event] = []
+    with httpx.stream("GET", server.url + path, headers=server.headers(), timeout=300) as reply:
+        for event in events(reply.iter_lines()):
+            before.append(event)
+            if sum(e.event == "transition" for e in before) == 3:
+                break  # the connection drops
+
+    with httpx.stream("GET", server.url + path, timeout=300,
+                      headers={**server.headers(), "Last-Event-ID": before[-1].id or ""}) as reply:
+        resumed = list(events(reply.iter_lines()))
+
+    seen = [e.id for e in before if e.event == "transition"]
+    again = [e for e in resumed if e.event == "transition"]
+    assert resumed[0].event == "snapshot" and resumed[-1].event == "completed"
+    assert not set(seen) & {e.id for e in again}  # nothing seen twice...
+    assert len({e.id for e in again}) == len(again)
+    final = {e.data["index"]: e.data["status"] for e in before + again if e.event == "transition"}
+    assert final == dict.fromkeys(range(8), "Completed")  # ...and nothing missed

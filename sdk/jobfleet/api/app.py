@@ -1,5 +1,6 @@
 """The ASGI app: the `/v1` routes, the dashboard, `/healthz`, `/metrics`, and what every
-request passes through (a bearer token, errors as JSON that names the problem)."""
+request passes through (Host and body size checks, a bearer token, an Origin check for
+the dashboard's cookie, errors as JSON that names the problem)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobfleet.api import routes, schemas
 from jobfleet.api.auth import Authenticator, AuthError, Principal, Unauthenticated, bearer_token
+from jobfleet.api.body_limit import BodyLimit
 from jobfleet.api.live import LiveHub
 from jobfleet.api.metrics import Metrics
+from jobfleet.api.origins import HostCheck, HostPolicy, OriginCheck
+from jobfleet.api.problems import problem
+from jobfleet.api.settings import ApiSettings
 from jobfleet.errors import (
     ConfigurationError,
     InvalidOption,
@@ -40,6 +45,7 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 SESSION_COOKIE = "jobfleet_token"
 OPEN_PATHS = frozenset({"/healthz", "/v1/session"})  # the login takes its token in the body
+SIGN_IN_MAX_BODY_BYTES = 64 * 1024  # a token of at most 8,192 characters, as JSON
 
 # The SDK's errors, as HTTP: status and a stable code.
 ERROR_STATUS: list[tuple[type[JobfleetError], int, str]] = [
@@ -54,9 +60,13 @@ ERROR_STATUS: list[tuple[type[JobfleetError], int, str]] = [
 
 
 def create_app(
-    fleet: JobFleet | None = None, authenticator: Authenticator | None = None
+    fleet: JobFleet | None = None,
+    authenticator: Authenticator | None = None,
+    settings: ApiSettings | None = None,
 ) -> FastAPI:
-    """`fleet` defaults to one from the environment, opened when the app starts."""
+    """`fleet` and `settings` default to ones from the environment (the fleet is opened
+    when the app starts)."""
+    settings = ApiSettings.from_env() if settings is None else settings
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -78,7 +88,14 @@ def create_app(
     app.include_router(routes.router)
     _add_error_handlers(app)
     _add_pages(app)
+    # The last added runs first: a request is timed, its Host checked, its body bounded,
+    # its token checked, and then its Origin, knowing how the token came.
+    app.add_middleware(OriginCheck, ambient=authenticator is None)
     app.add_middleware(BearerAuth, authenticator=authenticator)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
+                       by_path={"/v1/session": SIGN_IN_MAX_BODY_BYTES})
+    hosts = HostPolicy.default(settings.hosts, authenticated=authenticator is not None)
+    app.add_middleware(HostCheck, policy=hosts)
     app.add_middleware(RequestTiming)
     return app
 
@@ -135,13 +152,6 @@ def _add_pages(app: FastAPI) -> None:
 # -- errors --------------------------------------------------------------------------------
 
 
-def problem(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(
-        {"error": {"code": code, "message": message, **extra}}, status, headers=headers
-    )
-
-
 def refusal(exc: AuthError) -> JSONResponse:
     return problem(exc.status, type(exc).__name__.lower(), str(exc))
 
@@ -170,7 +180,9 @@ def _add_error_handlers(app: FastAPI) -> None:
             return refusal(exc)
         for kind, status, code in ERROR_STATUS:
             if isinstance(exc, kind):
-                extra = {"index": exc.index} if isinstance(exc, InvalidParams) else {}
+                extra: dict[str, Any] = (
+                    {"index": exc.index} if isinstance(exc, InvalidParams) else {}
+                )
                 return problem(status, code, str(exc), **extra)
         log.error("unmapped jobfleet error on %s: %s", request.url.path, exc)
         return problem(500, "internal", str(exc))
@@ -216,27 +228,28 @@ class BearerAuth:
             return
         request = Request(scope)
         try:
-            principal = await run_in_threadpool(self._principal, request)
+            principal, credential = await run_in_threadpool(self._principal, request)
         except AuthError as exc:
             response: Response = refusal(exc)
             if _is_page(request) and exc.status == 401:
                 response = FileResponse(STATIC / "login.html", status_code=401)
             await response(scope, receive, send)
             return
-        scope.setdefault("state", {})["principal"] = principal
+        scope.setdefault("state", {}).update(principal=principal, credential=credential)
         await self.app(scope, receive, send)
 
-    def _principal(self, request: Request) -> Principal:
+    def _principal(self, request: Request) -> tuple[Principal, str]:
+        """Who is calling, and whether the "bearer" header or the "cookie" said so."""
         assert self.authenticator is not None
         header = request.headers.get("authorization")
         cookie = request.cookies.get(SESSION_COOKIE)
         if header is None and cookie:
-            return self.authenticator.authenticate(cookie)
+            return self.authenticator.authenticate(cookie), "cookie"
         try:
-            return self.authenticator.authenticate(bearer_token(header))
+            return self.authenticator.authenticate(bearer_token(header)), "bearer"
         except Unauthenticated:
             if cookie:
-                return self.authenticator.authenticate(cookie)
+                return self.authenticator.authenticate(cookie), "cookie"
             raise
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -29,11 +30,15 @@ from jobfleet.core.models import (
     Status,
 )
 from jobfleet.core.ports import Store
-from jobfleet.fleet import Orchestration
+from jobfleet.errors import WaitTimeout
+from jobfleet.fleet import LOST_CHECK_SECONDS, Orchestration
 
 log = logging.getLogger(__name__)
 
 ENDINGS = frozenset({"completed", "feed_error"})  # the last event of a stream
+# How often a quiet feed looks for listeners left: longer than the watch's own check
+# that the execution is alive, so that the check still runs on a followed orchestration.
+LISTENER_CHECK_SECONDS = LOST_CHECK_SECONDS + 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,12 @@ class OrchestrationFeed:
     def subscribers(self) -> int:
         return len(self._subscribers)
 
+    def _unheard(self) -> bool:
+        """True, and the feed ended, when nobody listens any more."""
+        with self._lock:
+            self.ended = self.ended or not self._subscribers
+            return self.ended
+
     def _broadcast(self, events: list[LiveEvent], *, final: bool = False) -> bool:
         """False when the feed ends: its last events are out, or nobody listens any more.
         It ends under the lock, so that no subscriber joins a feed that is done."""
@@ -135,23 +146,42 @@ class OrchestrationFeed:
                 events.append(transition(instance))
         return events, cursor
 
-    def _run(self) -> None:
+    def _follow(self) -> None:
+        """Until the end is out or nobody listens: a quiet orchestration's watch is
+        restarted every LISTENER_CHECK_SECONDS to see whether anyone still does."""
         cursor = self._store.change_cursor(self.orchestration.id)
+        last: OrchestrationSnapshot | None = None
+        while True:
+            try:
+                for snap in self.orchestration.watch(timeout=LISTENER_CHECK_SECONDS):
+                    events, cursor = self._new_transitions(cursor)
+                    if snap == last and not events:
+                        continue  # a restarted watch starts with the state already sent
+                    last = snap
+                    events.append(LiveEvent.of("progress", snap.to_json()))
+                    final = snap.status.terminal and snap.event_published
+                    if final:
+                        events.append(completed(snap))
+                    if not self._broadcast(events, final=final):
+                        return
+                return
+            except WaitTimeout:
+                if self._unheard():
+                    return
+
+    def _run(self) -> None:
         try:
-            for snap in self.orchestration.watch():
-                events, cursor = self._new_transitions(cursor)
-                events.append(LiveEvent.of("progress", snap.to_json()))
-                final = snap.status.terminal and snap.event_published
-                if final:
-                    events.append(completed(snap))
-                if not self._broadcast(events, final=final):
-                    break
+            self._follow()
         except Exception:
             log.exception("the live feed of orchestration %s failed", self.orchestration.id)
             self._broadcast([LiveEvent.of("feed_error", {"error": {
                 "code": "feed_failed", "message": "the live feed failed; reconnect to resume",
             }})], final=True)
         finally:
+            # This thread is done with the store: the connections it opened go with it.
+            release = getattr(self._store, "release_thread", None)
+            if release is not None:
+                release()
             self._on_end(self)
 
 
@@ -194,13 +224,14 @@ class LiveHub:
         its last event id, read from the store. Each change is one chunk of events."""
         subscriber = Subscriber(asyncio.get_running_loop())
         feed = await asyncio.to_thread(self.subscribe, orchestration, subscriber)
-        sent: set[str] = set()
+        sent: set[str] = set()  # ids the client has: never sent (again) from the feed
         try:
             snap = await asyncio.to_thread(orchestration.status)
             first = [LiveEvent.of("snapshot", snap.to_json())]
             resume = parse_transition_id(last_event_id) if last_event_id else None
             if resume is not None:
-                backlog = await asyncio.to_thread(self._backlog, orchestration, resume)
+                backlog, seen = await asyncio.to_thread(self._backlog, orchestration, resume)
+                sent.update(seen)
                 sent.update(event.id or "" for event in backlog)
                 first += backlog
             yield b"".join(event.frame for event in first)
@@ -214,10 +245,20 @@ class LiveHub:
         finally:
             feed.unsubscribe(subscriber)
 
-    def _backlog(self, orchestration: Orchestration, resume: tuple[float, int]) -> list[LiveEvent]:
+    def _backlog(
+        self, orchestration: Orchestration, resume: tuple[float, int]
+    ) -> tuple[list[LiveEvent], set[str]]:
+        """The transitions after the client's last event id, and the ids of those up to
+        it that the store still shows within its clock margin: the client has them, and
+        the feed, which re-reads that margin, must not send them again."""
         store = orchestration.fleet.backend.store
         stamp, _ = resume
-        changed = store.instance_changes(orchestration.id, after=stamp - store.change_margin)
-        if store.change_margin == 0:  # exact stamps: only what came after the last event
-            changed = [i for i in changed if (i.changed, i.index) > resume]
-        return [transition(i) for i in changed]
+        # From the last event's own stamp on: a change stamps several instances alike.
+        after = math.nextafter(stamp, -math.inf) - store.change_margin
+        backlog, seen = [], set()
+        for instance in store.instance_changes(orchestration.id, after=after):
+            if (instance.changed, instance.index) > resume:
+                backlog.append(transition(instance))
+            else:
+                seen.add(transition_id(instance))
+        return backlog, seen

@@ -14,14 +14,17 @@ def serve(host: str = "127.0.0.1", port: int | None = None, *, log_level: str = 
     try:
         import uvicorn
 
+        from jobfleet.api.access_log import log_config
         from jobfleet.api.app import create_app
         from jobfleet.api.auth import authenticator_from_env, is_loopback
+        from jobfleet.api.settings import ApiSettings
     except ImportError as exc:
         raise ConfigurationError(
             f"the HTTP API needs its extra ({exc.name} is missing): "
             "pip install 'jobfleet[api]'"
         ) from None
     authenticator = authenticator_from_env()
+    settings = ApiSettings.from_env()
     if authenticator is None and not is_loopback(host):
         raise ConfigurationError(
             f"refusing to listen on {host} with no token configured: anyone who can reach "
@@ -30,6 +33,7 @@ def serve(host: str = "127.0.0.1", port: int | None = None, *, log_level: str = 
         )
     chosen = port if port is not None else int(os.environ.get("PORT") or DEFAULT_PORT)
     uvicorn.run(
-        create_app(authenticator=authenticator), host=host, port=chosen, log_level=log_level,
+        create_app(authenticator=authenticator, settings=settings), host=host, port=chosen,
+        log_level=log_level, log_config=log_config(),
         proxy_headers=True, forwarded_allow_ips="*" if os.environ.get("K_SERVICE") else None,
     )

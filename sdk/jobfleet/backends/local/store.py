@@ -11,6 +11,7 @@ import sqlite3
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,7 +57,7 @@ class SqliteStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._opened: list[sqlite3.Connection] = []
+        self._opened: set[sqlite3.Connection] = set()
         self._opened_lock = threading.Lock()
         self._blackout_until = 0.0
         self._use_wal()
@@ -78,29 +79,64 @@ class SqliteStore:
                     raise
                 time.sleep(0.01)
 
-    def _connect(self) -> sqlite3.Connection:
+    class _Held:
+        """One thread's connections. When the thread ends its thread-local slot, and so
+        this, is dropped, and a finalizer closes them: a store shared by short-lived
+        threads (a server's request pool, its live feeds) keeps no file open for them."""
+
+        __slots__ = ("__weakref__", "db", "watch")
+
+        def __init__(self) -> None:
+            self.db: sqlite3.Connection | None = None
+            self.watch: sqlite3.Connection | None = None
+
+    def _held(self) -> _Held:
+        held: SqliteStore._Held | None = getattr(self._local, "held", None)
+        if held is None:
+            held = self._local.held = SqliteStore._Held()
+        return held
+
+    def _connect(self, held: _Held) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0,
                              check_same_thread=False)
         db.execute("PRAGMA synchronous=NORMAL")
         with self._opened_lock:
-            self._opened.append(db)
+            self._opened.add(db)
+        weakref.finalize(held, SqliteStore._forget, self._opened, self._opened_lock, db)
         return db
+
+    @staticmethod
+    def _forget(
+        opened: set[sqlite3.Connection], lock: threading.Lock, db: sqlite3.Connection
+    ) -> None:
+        with lock:
+            opened.discard(db)
+        db.close()
 
     @property
     def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = self._local.db = self._connect()
-        return db
+        held = self._held()
+        if held.db is None:
+            held.db = self._connect(held)
+        return held.db
 
     @property
     def _watch(self) -> sqlite3.Connection:
         """A connection that never writes, so its data_version moves on every commit,
         this store's own included."""
-        db: sqlite3.Connection | None = getattr(self._local, "watch", None)
-        if db is None:
-            db = self._local.watch = self._connect()
-        return db
+        held = self._held()
+        if held.watch is None:
+            held.watch = self._connect(held)
+        return held.watch
+
+    def release_thread(self) -> None:
+        """Close the calling thread's connections now (a thread that is done with the
+        store); the next call from this thread opens new ones."""
+        held: SqliteStore._Held | None = getattr(self._local, "held", None)
+        self._local.held = None
+        for db in (held.db, held.watch) if held is not None else ():
+            if db is not None:
+                SqliteStore._forget(self._opened, self._opened_lock, db)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -129,9 +165,10 @@ class SqliteStore:
 
     def close(self) -> None:
         with self._opened_lock:
-            for db in self._opened:
-                db.close()
+            opened = list(self._opened)
             self._opened.clear()
+        for db in opened:
+            db.close()
         self._local = threading.local()
 
     # -- orchestrations ---------------------------------------------------------
