@@ -393,3 +393,27 @@ def test_metrics_count_instances_dead_letters_and_requests(serve: ServerFactory)
     assert value('jobfleet_throughput_instances_per_second{job_name="maybe_fail"}') > 0
     assert value('jobfleet_http_request_duration_seconds_count{method="POST",'
                  'route="/v1/orchestrations",status="202"}') == 1
+
+
+# -- the sweep ------------------------------------------------------------------------------
+
+
+def test_post_sweep_launches_an_orchestration_whose_kick_off_died(
+    serve: ServerFactory,
+) -> None:
+    from jobfleet import JobFleet
+    from stranded import commit_without_launch
+
+    server = serve(token=TOKEN)
+    with JobFleet() as fleet:
+        oid = commit_without_launch(fleet, "greet", [{"name": "ada", "count": 1}] * 3)
+
+    refused = httpx.post(server.url + "/v1/sweep", timeout=30)
+    assert refused.status_code == 401  # the sweep needs the token like everything else
+    reply = httpx.post(server.url + "/v1/sweep", headers=server.headers(), timeout=30)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["launched"] == 1 and reply.json()["looked_at"] >= 1
+    assert eventually(lambda: get(server, f"/v1/orchestrations/{oid}")["status"] == "Completed",
+                      timeout=60)
+    again = httpx.post(server.url + "/v1/sweep", headers=server.headers(), timeout=30).json()
+    assert again["launched"] == 0  # idempotent: launched once

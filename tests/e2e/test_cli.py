@@ -222,3 +222,17 @@ def test_a_terminal_gets_a_live_progress_bar(cli: Cli, tmp_path: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert "━" in text  # rich's bar
     assert "8/8" in text
+
+
+def test_sweep_launches_what_a_dead_kick_off_left_and_reports_it(cli: Cli) -> None:
+    from jobfleet import JobFleet
+    from stranded import commit_without_launch
+
+    with JobFleet() as fleet:
+        oid = commit_without_launch(fleet, "greet", [{"name": "ada", "count": 1}] * 3)
+    swept = cli("sweep", "--json")
+    assert swept.returncode == 0, swept.stderr
+    assert json.loads(swept.stdout)["launched"] == 1
+    watched = cli("watch", oid, "--json", timeout=60)
+    assert json.loads(watched.stdout.splitlines()[-1])["status"] == "Completed"
+    assert "nothing to do" in cli("sweep").stdout

@@ -31,14 +31,14 @@ from jobfleet.core.models import (
 )
 from jobfleet.core.ports import Store
 from jobfleet.errors import WaitTimeout
-from jobfleet.fleet import LOST_CHECK_SECONDS, Orchestration
+from jobfleet.fleet import SWEEP_WHEN_QUIET_SECONDS, Orchestration
 
 log = logging.getLogger(__name__)
 
 ENDINGS = frozenset({"completed", "feed_error"})  # the last event of a stream
 # How often a quiet feed looks for listeners left: longer than the watch's own check
 # that the execution is alive, so that the check still runs on a followed orchestration.
-LISTENER_CHECK_SECONDS = LOST_CHECK_SECONDS + 1.0
+LISTENER_CHECK_SECONDS = SWEEP_WHEN_QUIET_SECONDS + 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from jobfleet.core.models import JobInstance, OrchestrationSnapshot, Status
 from jobfleet.core.options import parse_tag_filter
 from jobfleet.core.params import params_schema
 from jobfleet.core.registry import get_job, known_jobs
+from jobfleet.core.sweep import report
 from jobfleet.errors import JobfleetError, UnknownOrchestration
 from jobfleet.fleet import JobFleet, Orchestration
 
@@ -194,6 +195,14 @@ def cancel(orchestration_id: str, request: Request) -> dict[str, Any]:
             f"orchestration {orchestration_id} already ended {snap.status}; nothing to cancel"
         )
     return orchestration_json(snap)
+
+
+@router.post(
+    "/sweep", response_model=schemas.SweepReport, responses=ERRORS,
+    summary="Bring back what faults left behind (Cloud Scheduler calls it every minute)",
+)
+def sweep(request: Request) -> dict[str, Any]:
+    return report(fleet_of(request).sweep())
 
 
 @router.get("/jobs", response_model=schemas.JobList, responses=ERRORS,

@@ -129,3 +129,12 @@ class ErrorBody(BaseModel):
 class Health(BaseModel):
     status: str
     backend: str
+
+
+class SweepReport(BaseModel):
+    looked_at: int = Field(description="unsettled orchestrations looked at")
+    announced: int = Field(description="events published that were never recorded")
+    launched: int = Field(description="orchestrations whose kick-off died before launching")
+    reaped: int = Field(description="orchestrations with hung workers' claims recovered")
+    recovered: int = Field(description="recovery executions launched for shards left behind")
+    ended: int = Field(description="orchestrations ended Errored: executions made no progress")

@@ -14,7 +14,7 @@ from jobfleet.core.models import (
     OrchestrationSnapshot,
     Success,
 )
-from jobfleet.core.sweep import ACTIONS as SWEEP_ACTIONS
+from jobfleet.core.sweep import report
 from jobfleet.fleet import Orchestration
 
 PLAIN_EVERY_SECONDS = 1.0
@@ -129,10 +129,10 @@ def event(e: JobCompletedEvent, as_json: bool) -> None:
 
 def sweep(done: Counter[str], as_json: bool) -> None:
     """What a sweep did: how many unsettled orchestrations it looked at, and each action."""
-    looked_at = sum(done.values())
-    actions = {action: done.get(action, 0) for action in SWEEP_ACTIONS}
+    counts = report(done)
     if as_json:
-        print(json.dumps({"looked_at": looked_at, **actions}))
+        print(json.dumps(counts))
         return
-    taken = ", ".join(f"{n} {action}" for action, n in actions.items() if n)
+    looked_at = counts.pop("looked_at")
+    taken = ", ".join(f"{n} {action}" for action, n in counts.items() if n)
     print(f"swept {looked_at} unsettled orchestration(s): {taken or 'nothing to do'}")

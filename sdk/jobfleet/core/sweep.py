@@ -54,6 +54,11 @@ def sweep(ports: Ports, *, now: float | None = None) -> Counter[str]:
     return done
 
 
+def report(done: Counter[str]) -> dict[str, int]:
+    """A sweep's counts as the CLI and the API show them."""
+    return {"looked_at": sum(done.values()), **{a: done.get(a, 0) for a in ACTIONS}}
+
+
 def sweep_orchestration(
     ports: Ports, snap: OrchestrationSnapshot, *, now: float | None = None
 ) -> str:
