@@ -374,8 +374,9 @@ def sweep_loop(run: Run, start_at: float, interval: float) -> None:
                 [sys.executable, "-m", "jobfleet", "sweep"], env=os.environ.copy(),
                 stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=SWEEP_TIMEOUT,
             )
+            last = (done.stderr.strip().splitlines() or [""])[-1]
             outcome, error = ("ok", "") if done.returncode == 0 else (
-                "failed", f"exit {done.returncode}: {done.stderr.strip()[-300:]}")
+                "failed", f"exit {done.returncode}: {last[-300:]}")
         except subprocess.TimeoutExpired:
             outcome, error = "failed", f"no answer within {SWEEP_TIMEOUT:.0f} s"
         with run.lock:
