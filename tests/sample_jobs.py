@@ -69,3 +69,16 @@ def chatty(params: dict[str, Any]) -> int:
         print("x" * 100_000, flush=True)
         time.sleep(float(params.get("pause", 0.05)))
     return 0
+
+
+@job("hold_the_store_lock", retries=0)
+def hold_the_store_lock(params: dict[str, Any]) -> int:
+    """Takes the local store's write lock (as a worker stopped inside a write would hold
+    it), says so in `dir`, and keeps it."""
+    import sqlite3
+
+    db = sqlite3.connect(Path(os.environ["JOBFLEET_HOME"]) / "jobfleet.db", isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    (Path(params["dir"]) / "locked").write_text(str(os.getpid()))
+    time.sleep(600)
+    return 0

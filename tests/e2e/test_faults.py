@@ -138,3 +138,25 @@ def test_a_job_that_prints_without_end_does_not_fill_the_disk(
     rotated = log.with_name(log.name + ".1")
     assert rotated.exists()
     assert log.stat().st_size + rotated.stat().st_size < 6_000_000 // 2
+
+
+def test_a_worker_stopped_while_holding_the_store_lock_is_killed_and_the_rest_runs(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGSTOP a worker that holds SQLite's write lock: no lease can expire in the store
+    and nothing can be written until it dies. The supervisor kills it from what /proc
+    says after one lease, the lock goes with it, and everything else completes."""
+    monkeypatch.setenv("JOBFLEET_LEASE_SECONDS", "2")
+    with JobFleet() as fleet:
+        locker = fleet.kick_off("hold_the_store_lock", [{"dir": str(tmp_path)}], parallelism=1)
+        assert eventually(lambda: (tmp_path / "locked").exists(), timeout=30)
+        pid = int((tmp_path / "locked").read_text())
+        os.kill(pid, signal.SIGSTOP)
+        snap = locker.wait(timeout=90)
+        assert gone(pid)
+        assert snap.status is Status.ERRORED
+        _, failures = locker.results()
+        assert failures is not None and failures[0].error.type == "WorkerLost"
+        others = fleet.kick_off("greet", [{"name": "ada", "count": 1}] * 20, parallelism=2)
+        assert others.wait(timeout=60).status is Status.COMPLETED
+        assert events_for(fleet, locker.id) == [Status.ERRORED]

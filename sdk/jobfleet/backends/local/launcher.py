@@ -9,8 +9,8 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
+from jobfleet.backends.local.processes import command_line, group_members, is_stopped
 from jobfleet.config import Settings
 from jobfleet.core.models import NewOrchestration
 from jobfleet.core.recovery import Owner
@@ -90,45 +90,18 @@ def _pids(execution: str) -> list[int]:
     return pids
 
 
-def _group_members(pgid: int) -> list[int]:
-    """The live (not zombie) processes of a process group, from /proc."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
-
-
 def _group_alive(pgid: int) -> bool:
-    return any(_is_ours(pid) for pid in _group_members(pgid))
-
-
-def _is_ours(pid: int) -> bool:
-    """A jobfleet supervisor or worker, not a process that reused the number."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"jobfleet" in cmdline
+    """A jobfleet supervisor or worker lives in it, not a process that reused the number."""
+    return any(b"jobfleet" in command_line(pid) for pid in group_members(pgid))
 
 
 def _is_worker(pid: int) -> bool:
-    try:
-        return b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+    return b"worker" in command_line(pid)
 
 
 def _kill_stopped(pgid: int) -> None:
     """A stopped process never sees SIGTERM: it ends with SIGKILL."""
-    for pid in _group_members(pgid):
-        with contextlib.suppress(OSError):
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+    for pid in group_members(pgid):
+        if is_stopped(pid):
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)

@@ -11,15 +11,18 @@ Completion itself is settled by the workers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from types import FrameType
 
 from jobfleet.backends import open_backend
 from jobfleet.backends.local.launcher import EXECUTION_PREFIX
+from jobfleet.backends.local.processes import is_stopped
 from jobfleet.backends.local.tasks import TaskSet
 from jobfleet.config import Settings
 from jobfleet.core.completion import settle
@@ -27,6 +30,7 @@ from jobfleet.core.models import Status
 from jobfleet.core.sweep import Ports, execution_ended, reap_expired
 
 MAX_TASK_RETRIES = 3  # Cloud Run's default
+STOPPED_CHECK_SECONDS = 0.5
 TICK_SECONDS = 0.05
 
 
@@ -37,6 +41,7 @@ class Supervisor:
         self.ports = Ports(self.backend.store, self.backend.launcher, self.backend.bus)
         self.log = settings.log_of(orchestration_id)
         self.log_limit = settings.log_limit_bytes
+        self.lease = settings.lease_seconds
         self.reap_every = min(5.0, settings.lease_seconds / 3)
         self.execution = f"{EXECUTION_PREFIX}{os.getpid()}"
         self.tasks = TaskSet(
@@ -51,6 +56,8 @@ class Supervisor:
         store, oid = self.backend.store, self.orchestration_id
         next_reap = time.monotonic() + self.reap_every
         self.tasks.step()
+        threading.Thread(target=self.kill_stopped_workers, name="jobfleet-stopped-workers",
+                         daemon=True).start()
         while not self.tasks.finished:
             time.sleep(TICK_SECONDS)
             for ended in self.tasks.step():
@@ -80,6 +87,29 @@ class Supervisor:
             owners = reap_expired(self.ports, snap, now=time.time())
             if owners:
                 self.backend.launcher.stop_tasks(self.execution, owners)
+
+    def kill_stopped_workers(self) -> None:
+        """A worker stopped (SIGSTOP) for a whole lease is hung, whatever the store says:
+        one stopped inside a write holds SQLite's write lock, so that no lease can expire
+        in the store and no reap can be written. Killed, it releases the lock (its write
+        rolls back) and its task runs again. This looks only at processes, never at the
+        store, so it keeps working while the store is locked."""
+        stopped_since: dict[int, float] = {}
+        while True:
+            time.sleep(STOPPED_CHECK_SECONDS)
+            now = time.monotonic()
+            pids = {t.process.pid for t in list(self.tasks.tasks) if t.process is not None}
+            for pid in list(stopped_since):
+                if pid not in pids:
+                    del stopped_since[pid]
+            for pid in pids:
+                if not is_stopped(pid):
+                    stopped_since.pop(pid, None)
+                elif now - stopped_since.setdefault(pid, now) >= self.lease:
+                    print(f"jobfleet: worker {pid} has been stopped for {self.lease:.0f} s;"
+                          " killing it so that its task runs again", file=sys.stderr, flush=True)
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
 
     def keep_log_small(self) -> None:
         """A job that prints without end must not fill the disk: past the limit the log

@@ -1,0 +1,42 @@
+"""What /proc says about the local execution's processes: the supervisor's process group
+holds its workers, and a worker's state tells a stopped (hung) one from a live one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def state(pid: int) -> str | None:
+    """The process's state letter (R, S, T, Z, ...), or None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()[0]
+
+
+def is_stopped(pid: int) -> bool:
+    return state(pid) in ("T", "t")
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of a process group."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def command_line(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
