@@ -28,7 +28,7 @@ from jobfleet.core.completion import settle
 from jobfleet.core.models import ClaimedInstance, Outcome, Status
 from jobfleet.core.params import to_argument
 from jobfleet.core.ports import EventBus, Store
-from jobfleet.core.recovery import Owner, lost_worker_outcomes
+from jobfleet.core.recovery import Owner, held_by, lost_worker_outcomes
 from jobfleet.core.registry import JobDefinition, get_job, import_jobs
 from jobfleet.core.retry import RetryPolicy
 from jobfleet.errors import JobfleetError, JobTimeout
@@ -52,6 +52,7 @@ class Assignment:
     task_count: int
     task_attempt: int
     job_id: str | None
+    execution: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Assignment:
@@ -71,13 +72,15 @@ class Assignment:
             task_count=int(env.get("CLOUD_RUN_TASK_COUNT", "1")),
             task_attempt=int(env.get("CLOUD_RUN_TASK_ATTEMPT", "0")),
             job_id=env.get("JOB_ID") or None,
+            execution=env.get("CLOUD_RUN_EXECUTION", "").replace("/", "-"),
         )
 
     @property
     def owner(self) -> str:
         host = os.environ.get("HOSTNAME", "local").replace("/", "-")
         return str(Owner(
-            self.orchestration_id, self.task_index, self.task_attempt, host, os.getpid()
+            self.orchestration_id, self.execution, self.task_index, self.task_attempt, host,
+            os.getpid(),
         ))
 
 
@@ -214,8 +217,9 @@ class Worker:
         if self.a.task_attempt == 0:
             return
         now = time.time()
-        stale = self.store.stale_claims(
-            self.a.orchestration_id, now=now, shard=self.a.task_index
+        stale = held_by(
+            self.store.stale_claims(self.a.orchestration_id, now=now, shard=self.a.task_index),
+            self.a.execution,
         )
         why = f"task {self.a.task_index} attempt {self.a.task_attempt - 1} was lost"
         self.record(lost_worker_outcomes(stale, self.policy, why, now))

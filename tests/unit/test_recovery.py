@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jobfleet.core.models import WORKER_LOST, ClaimedInstance, Status
-from jobfleet.core.recovery import Owner, lost_worker_outcomes
+from jobfleet.core.recovery import Owner, held_by, lost_worker_outcomes
 from jobfleet.core.retry import RetryPolicy
 
 NOW = 1_700_000_000.0
@@ -43,7 +43,16 @@ def test_each_dead_worker_is_judged_on_what_it_held() -> None:
 
 
 def test_an_owner_names_its_task_attempt_and_process() -> None:
-    owner = Owner("0b6f-id", 12, 3, "host-a", 4242)
+    owner = Owner("0b6f-id", "jobfleet-worker-x1", 12, 3, "host-a", 4242)
     assert Owner.parse(str(owner)) == owner
     assert Owner.parse("not an owner") is None
     assert Owner.parse("o/task-x/attempt-1/h/1") is None
+    assert owner.works_for("projects/p/locations/r/jobs/j/executions/jobfleet-worker-x1,e-2")
+    assert not owner.works_for("projects/p/locations/r/jobs/j/executions/jobfleet-worker-x2")
+
+
+def test_only_the_ended_executions_workers_are_known_dead() -> None:
+    ours = str(Owner("o", "local-pid-7", 0, 1, "h", 11))
+    theirs = str(Owner("o", "local-pid-9", 0, 0, "h", 12))
+    stale = [*claims(ours, 1), *claims(theirs, 2), *claims("written-by-an-old-release", 3)]
+    assert [c.index for c in held_by(stale, "local-pid-7")] == [1, 3]

@@ -26,9 +26,11 @@ from jobfleet.core.retry import RetryPolicy
 
 @dataclass(frozen=True, slots=True)
 class Owner:
-    """Who holds a claim: one attempt of one task, in one process on one host."""
+    """Who holds a claim: one attempt of one task (`task_index` is its shard) of one
+    execution, in one process on one host."""
 
     orchestration_id: str
+    execution: str  # the short name, as CLOUD_RUN_EXECUTION gives it ("" if unknown)
     task_index: int
     task_attempt: int
     host: str
@@ -36,24 +38,39 @@ class Owner:
 
     def __str__(self) -> str:
         return (
-            f"{self.orchestration_id}/task-{self.task_index}/attempt-{self.task_attempt}"
-            f"/{self.host}/{self.pid}"
+            f"{self.orchestration_id}/{self.execution}/task-{self.task_index}"
+            f"/attempt-{self.task_attempt}/{self.host}/{self.pid}"
         )
 
     @classmethod
     def parse(cls, text: str) -> Owner | None:
         """None for a name this version did not write."""
-        parts = text.rsplit("/", 4)
-        if len(parts) != 5:
+        parts = text.rsplit("/", 5)
+        if len(parts) != 6:
             return None
-        oid, task, attempt, host, pid = parts
+        oid, execution, task, attempt, host, pid = parts
         try:
             return cls(
-                oid, int(task.removeprefix("task-")), int(attempt.removeprefix("attempt-")),
-                host, int(pid),
+                oid, execution, int(task.removeprefix("task-")),
+                int(attempt.removeprefix("attempt-")), host, int(pid),
             )
         except ValueError:
             return None
+
+    def works_for(self, executions: str) -> bool:
+        """Whether this owner is a task of one of `executions` (as recorded on the
+        orchestration: comma-separated full or short names)."""
+        return self.execution in {name.rsplit("/", 1)[-1] for name in executions.split(",")}
+
+
+def held_by(stale: Sequence[ClaimedInstance], executions: str) -> list[ClaimedInstance]:
+    """The claims whose owners are tasks of `executions`: when an execution has ended,
+    only its own workers are known dead (another execution's may be running the same
+    orchestration by then). A claim whose owner cannot be read counts as theirs."""
+    return [
+        c for c in stale
+        if (owner := Owner.parse(c.owner)) is None or owner.works_for(executions)
+    ]
 
 
 def lost_worker_outcomes(

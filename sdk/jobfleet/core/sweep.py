@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from jobfleet.core.completion import abandon, settle
 from jobfleet.core.models import NewOrchestration, OrchestrationSnapshot, Status
 from jobfleet.core.ports import EventBus, Launcher, Store
-from jobfleet.core.recovery import Owner, lost_worker_outcomes
+from jobfleet.core.recovery import Owner, held_by, lost_worker_outcomes
 from jobfleet.core.registry import job_sources
 from jobfleet.core.retry import RetryPolicy
 
@@ -100,8 +100,9 @@ def execution_ended(ports: Ports, snap: OrchestrationSnapshot, why: str) -> str:
     crash charges or isolates an instance, so this ends); when one made none, it ends
     Errored."""
     store = ports.store
-    # Every holder is gone: every lease counts as expired.
-    stale = store.stale_claims(snap.id, now=sys.float_info.max)
+    # Every worker of the execution is gone: each of their leases counts as expired.
+    assert snap.execution is not None
+    stale = held_by(store.stale_claims(snap.id, now=sys.float_info.max), snap.execution)
     if stale:
         policy = RetryPolicy.of(snap.options)
         store.record_outcomes(snap.id, lost_worker_outcomes(stale, policy, why))
@@ -110,8 +111,8 @@ def execution_ended(ports: Ports, snap: OrchestrationSnapshot, why: str) -> str:
         settle(store, ports.bus, snap.id)
         return NOTHING
     current = store.get_orchestration(snap.id)
-    if current.status is not Status.IN_PROGRESS:
-        settle(store, ports.bus, snap.id)
+    if current.status is not Status.IN_PROGRESS or current.execution != snap.execution:
+        settle(store, ports.bus, snap.id)  # ended, or another caller launched already
         return NOTHING
     if store.progress(snap.id) > current.launch_progress:
         return RECOVERED if relaunch(ports, current, shards) else NOTHING

@@ -10,7 +10,12 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from jobfleet.backends.local.processes import command_line, group_members, is_stopped
+from jobfleet.backends.local.processes import (
+    command_line,
+    environment,
+    group_members,
+    is_stopped,
+)
 from jobfleet.config import Settings
 from jobfleet.core.models import NewOrchestration
 from jobfleet.core.recovery import Owner
@@ -73,10 +78,8 @@ class ProcessLauncher:
         groups = set(_pids(execution))
         for text in owners:
             owner = Owner.parse(text)
-            if owner is None:
-                continue
-            with contextlib.suppress(OSError):
-                if os.getpgid(owner.pid) in groups and _is_worker(owner.pid):
+            if owner is not None and _is_the_worker(owner, groups):
+                with contextlib.suppress(OSError):
                     os.kill(owner.pid, signal.SIGKILL)
         return True
 
@@ -95,8 +98,21 @@ def _group_alive(pgid: int) -> bool:
     return any(b"jobfleet" in command_line(pid) for pid in group_members(pgid))
 
 
-def _is_worker(pid: int) -> bool:
-    return b"worker" in command_line(pid)
+def _is_the_worker(owner: Owner, groups: set[int]) -> bool:
+    """The process is still that worker (pids are reused, and quickly where pid_max is
+    32768): in the execution's group, with the owner's orchestration, execution and
+    attempt in its environment."""
+    try:
+        if os.getpgid(owner.pid) not in groups or b"worker" not in command_line(owner.pid):
+            return False
+    except OSError:
+        return False
+    env = environment(owner.pid)
+    return (
+        env.get("ORCHESTRATION_ID") == owner.orchestration_id
+        and env.get("CLOUD_RUN_EXECUTION", "").replace("/", "-") == owner.execution
+        and env.get("CLOUD_RUN_TASK_ATTEMPT", "0") == str(owner.task_attempt)
+    )
 
 
 def _kill_stopped(pgid: int) -> None:
