@@ -119,3 +119,20 @@ def test_serve_refuses_a_jobs_module_that_does_not_import(cli: Cli) -> None:
     assert refused.returncode == 2
     assert "cannot import jobs module 'no_such_module_here'" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_the_demo_job_by_name_points_at_its_module(cli: Cli) -> None:
+    env_jobs = os.environ.pop("JOBFLEET_JOBS", None)
+    try:
+        refused = cli("run", "process_batch", "--params", "-", stdin='[{"batch": 1}]')
+        named = cli("run", "process_batch", "--jobs-module", "jobfleet.demo", "--params", "-",
+                    "--json", stdin='[{"batch": 1, "numbers": [1, 2]}]')
+    finally:
+        if env_jobs is not None:
+            os.environ["JOBFLEET_JOBS"] = env_jobs
+    assert refused.returncode == 2
+    assert "The demo's 'process_batch' is in jobfleet.demo: --jobs-module jobfleet.demo" in (
+        refused.stderr
+    )
+    assert named.returncode == 0, named.stderr
+    assert json.loads(named.stdout)["succeeded"] == 1
