@@ -216,3 +216,14 @@ def test_the_readme_test_command_is_what_ci_runs() -> None:
     assert len(suite) == 1
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert suite[0].code.strip() in ci
+
+
+def test_the_changelog_keeps_one_heading_of_each_kind_per_release() -> None:
+    text = (ROOT / "CHANGELOG.md").read_text()
+    releases = re.split(r"^## ", text, flags=re.MULTILINE)[1:]
+    assert [r.splitlines()[0] for r in releases].count("Unreleased") == 1
+    kinds = ["Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"]
+    for release in releases:
+        headings = re.findall(r"^### (.+)$", release, re.MULTILINE)
+        assert len(headings) == len(set(headings)), release.splitlines()[0]
+        assert headings == sorted(headings, key=kinds.index), release.splitlines()[0]
