@@ -7,12 +7,17 @@ class JobfleetError(Exception):
     """Base of every error jobfleet raises on purpose."""
 
 
+DEMO_JOBS = ("process_batch", "noop")  # declared in jobfleet.demo, imported only on request
+
+
 class UnknownJob(JobfleetError):
     def __init__(self, name: str, known: list[str]) -> None:
         listed = ", ".join(sorted(known)) or "none registered"
+        demo = (f" The demo's {name!r} is in jobfleet.demo: --jobs-module jobfleet.demo."
+                if name in DEMO_JOBS else "")
         super().__init__(
             f"unknown job {name!r}; known jobs: {listed}. "
-            "Import the module that declares it with JOBFLEET_JOBS or --jobs-module."
+            f"Import the module that declares it with JOBFLEET_JOBS or --jobs-module.{demo}"
         )
         self.name = name
 

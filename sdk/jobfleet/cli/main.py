@@ -1,26 +1,30 @@
 """`jobfleet`: kick off, follow and collect jobs from a shell.
 
-Exit status: 0 every instance succeeded, 1 some instance errored or was cancelled,
-2 bad usage or bad input (nothing was created). `--json` output is stable and
-documented in the README.
+Exit status: 0 every instance succeeded, 1 some instance errored or was cancelled (or
+`cancel` found it already ended), 2 bad usage or bad input (nothing was created), 141
+when the reader of standard output went away (`jobfleet results ID | head`), as for a
+Unix tool ended by SIGPIPE. `--json` output is stable and documented in docs/local.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from jobfleet.cli import render
 from jobfleet.cli.params_file import read_params
 from jobfleet.core.models import Status
+from jobfleet.core.registry import import_jobs
 from jobfleet.errors import InvalidOption, JobfleetError
 from jobfleet.fleet import JobFleet, Orchestration
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_CLOSED_PIPE = 128 + 13  # what a shell reports for a tool ended by SIGPIPE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs-module", action="append", default=[], metavar="M",
                      help="module (or .py file) declaring the job; repeatable")
     run.add_argument("--parallelism", type=int, metavar="N")
-    run.add_argument("--tag", action="append", default=[], metavar="K=V")
+    run.add_argument("--tag", action="append", default=[], metavar="K=V",
+                     help="a tag KEY=VALUE on the orchestration; repeatable")
     run.add_argument("--retries", type=int, metavar="N")
     run.add_argument("--timeout", type=float, metavar="S", help="seconds per attempt")
     run.add_argument("--no-wait", action="store_true", help="print the id and return at once")
@@ -79,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on; anything but loopback needs a token")
     serve.add_argument("--port", type=int, help="default: PORT, else 8080")
+    serve.add_argument("--jobs-module", action="append", default=[], metavar="M",
+                       help="module (or .py file) declaring jobs the API may kick off; "
+                       "repeatable (e.g. jobfleet.demo)")
 
     dev = sub.add_parser("dev", help="the local Google Cloud stack (emulators and all)")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="up|down")
@@ -206,6 +214,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.home:
         os.environ["JOBFLEET_HOME"] = args.home
     try:
+        modules = _jobs_modules(args.jobs_module)
+        if modules is not None:  # the app's JobFleet reads them from the environment
+            os.environ["JOBFLEET_JOBS"] = ",".join(modules)
+            import_jobs(modules)  # a module that does not import stops here, not in the app
         serve(args.host, args.port)
     except JobfleetError as exc:
         print(f"jobfleet: error: {exc}", file=sys.stderr)
@@ -237,6 +249,10 @@ def dispatch(fleet: JobFleet, args: argparse.Namespace) -> int:
         return _follow(orchestration, quiet=False) if not args.json else _watch_json(orchestration)
     else:
         snap = orchestration.cancel()
+        if snap.status is not Status.CANCELLED:  # the API answers 409 for the same
+            print(f"jobfleet: orchestration {snap.id} already ended {snap.status}; "
+                  "nothing to cancel", file=sys.stderr)
+            return EXIT_FAILED
     render.snapshot(snap, args.json)
     return _exit_code(snap.status) if command == "status" else EXIT_OK
 
@@ -248,6 +264,29 @@ def _watch_json(orchestration: Orchestration) -> int:
     return _exit_code(snap.status)
 
 
+def _quiet_on_closed_pipe(run: Callable[[Sequence[str] | None], int]) -> Callable[..., int]:
+    """A reader that stops early (`| head`) ends the command quietly with status 141, as
+    SIGPIPE ends a Unix tool, instead of with a BrokenPipeError traceback."""
+
+    @functools.wraps(run)
+    def guarded(argv: Sequence[str] | None = None) -> int:
+        try:
+            code = run(argv)
+            sys.stdout.flush()  # buffered output meets the closed pipe here, not at exit
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)  # so the exit-time flush is silent
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    os.dup2(devnull, stream.fileno())
+                except (OSError, ValueError):
+                    pass
+            return EXIT_CLOSED_PIPE
+        return code
+
+    return guarded
+
+
+@_quiet_on_closed_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "worker":

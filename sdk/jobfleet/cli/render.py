@@ -40,11 +40,15 @@ def progress(orchestration: Orchestration) -> OrchestrationSnapshot:
     if sys.stderr.isatty():
         return _bar(orchestration)
     snap = orchestration.status()
-    last = 0.0
+    last, printed = 0.0, ""
     for snap in orchestration.watch():
-        if snap.status.terminal or time.monotonic() - last >= PLAIN_EVERY_SECONDS:
-            print(_line(snap), file=sys.stderr, flush=True)
-            last = time.monotonic()
+        # watch() yields the terminal state twice when the completion event goes out
+        # after the last instance ends: the line is the same, so it is printed once.
+        line = _line(snap)
+        due = snap.status.terminal or time.monotonic() - last >= PLAIN_EVERY_SECONDS
+        if due and line != printed:
+            print(line, file=sys.stderr, flush=True)
+            last, printed = time.monotonic(), line
     return snap
 
 
