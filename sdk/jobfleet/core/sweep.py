@@ -28,6 +28,7 @@ from jobfleet.core.registry import job_sources
 from jobfleet.core.retry import RetryPolicy
 
 LEASE_EXPIRED = "its worker stopped renewing its lease (hung or lost)"
+CONFIRM_SECONDS = 2.0  # longer than a worker's pause after a heartbeat that failed
 
 # What sweep_orchestration did.
 ANNOUNCED = "announced"  # published an event that was never recorded
@@ -84,8 +85,19 @@ def sweep_orchestration(
 
 
 def reap_expired(ports: Ports, snap: OrchestrationSnapshot, *, now: float) -> list[str]:
-    """Recover the claims whose lease expired; returns the owners that held them."""
+    """Recover the claims whose lease expired; returns the owners that held them.
+
+    An expired lease is confirmed by a second look CONFIRM_SECONDS later: when the store
+    was unwritable for a while (another process held SQLite's lock), every lease ran out
+    although every worker lives, and their held-up heartbeats land within a second of
+    the store's return. Only the claims still expired and still held by the same owner
+    are reaped."""
     stale = ports.store.stale_claims(snap.id, now=now)
+    if not stale:
+        return []
+    time.sleep(CONFIRM_SECONDS)
+    still = {(c.job_id, c.owner) for c in ports.store.stale_claims(snap.id, now=time.time())}
+    stale = [c for c in stale if (c.job_id, c.owner) in still]
     if not stale:
         return []
     outcomes = lost_worker_outcomes(stale, RetryPolicy.of(snap.options), LEASE_EXPIRED, now)
