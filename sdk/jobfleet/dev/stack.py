@@ -18,8 +18,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from jobfleet.dev.emulators import (
     firestore_emulator,
     free_port,
     pubsub_emulator,
+    responds,
     stop_groups,
 )
 from jobfleet.dev.sweeper import DEFAULT_EVERY_SECONDS
@@ -40,17 +39,6 @@ DEFAULT_PROJECT = "jobfleet-dev"
 READY_TIMEOUT = 90.0
 RELAY = "JOBFLEET_TRIGGER_RELAY"
 FUNCTION = "function"  # the part stopped first, so that no invocation meets a stopped emulator
-
-
-def _responds(url: str) -> bool:
-    """Any HTTP answer, even an error status, means the server is listening."""
-    try:
-        with urllib.request.urlopen(url, timeout=1):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except OSError:
-        return False
 
 
 @dataclass
@@ -103,7 +91,7 @@ class Stack:
                 os.killpg(self.groups[part], 0)
             except ProcessLookupError:
                 break
-            if _responds(ready):
+            if responds(ready):
                 return
             time.sleep(0.1)
         tail = (self.state_dir / f"{part}.log").read_text(errors="replace")[-1500:]
@@ -161,7 +149,7 @@ def _start(stack: Stack, project: str, parallelism: int, sweep_every: float) -> 
     given_firestore = os.environ.get("FIRESTORE_EMULATOR_HOST")
     given_relay = (os.environ.get(RELAY) or "").rstrip("/")
     if given_firestore and answers(given_firestore):
-        if not (given_relay and _responds(f"{given_relay}/_bridge/stats")):
+        if not (given_relay and responds(f"{given_relay}/_bridge/stats")):
             raise ConfigurationError(
                 f"FIRESTORE_EMULATOR_HOST={given_firestore} answers, but no trigger relay "
                 f"answers at {RELAY}={given_relay or '(unset)'}: the emulator sends its "

@@ -49,6 +49,7 @@ from jobfleet.backends.gcp.firestore_documents import (
     orchestration_snapshot,
     outcome,
     tag_pair,
+    unfinished_in,
 )
 from jobfleet.core.models import (
     ClaimedInstance,
@@ -287,9 +288,7 @@ class FirestoreStore:
     def unfinished_shards(self, orchestration_id: str) -> list[int]:
         shards = []
         for doc in self._ref(orchestration_id).collection(SHARDS).stream():
-            counts = doc.to_dict() or {}
-            done = sum(int(counts.get(COUNTER[status], 0)) for status in TERMINAL)
-            if int(counts.get("total", 0)) > done:
+            if unfinished_in(doc.to_dict() or {}) > 0:
                 shards.append(int(doc.id))
         return sorted(shards)
 
@@ -501,8 +500,7 @@ class FirestoreStore:
             counts = self._shard_sums(ref)
         else:
             counts = ref.collection(SHARDS).document(str(shard)).get().to_dict() or {}
-        done = sum(int(counts.get(COUNTER[status], 0)) for status in TERMINAL)
-        return int(counts.get("total", 0)) - done
+        return unfinished_in(counts)
 
     def next_ready_at(self, orchestration_id: str, shard: int) -> float | None:
         query = (

@@ -26,6 +26,7 @@ from jobfleet.backends.local.schema import (
     next_stamp,
 )
 from jobfleet.core.models import (
+    TERMINAL,
     ClaimedInstance,
     Counts,
     ErrorInfo,
@@ -38,10 +39,27 @@ from jobfleet.core.models import (
     RunOptions,
     Status,
     Success,
+    ended,
 )
+from jobfleet.core.states import UNFINISHED, in_order
 from jobfleet.errors import InvalidParams, UnknownOrchestration
 
 _DONE_COLUMN = {Status.COMPLETED: "succeeded", Status.ERRORED: "failed"}
+
+
+def _sql(*statuses: Status) -> str:
+    """Status values as SQL literals: one, or an `IN` list in their declared order."""
+    if len(statuses) == 1:
+        return f"'{statuses[0].value}'"
+    return "(" + ", ".join(f"'{value}'" for value in in_order(frozenset(statuses))) + ")"
+
+
+# The statuses of the core state machine (core/states.py) as the statements' conditions.
+# Written into the SQL rather than bound: SQLite uses a partial index only for literals.
+PENDING, IN_PROGRESS = _sql(Status.PENDING), _sql(Status.IN_PROGRESS)
+ERRORED, CANCELLED = _sql(Status.ERRORED), _sql(Status.CANCELLED)
+UNFINISHED_SQL = _sql(*UNFINISHED)  # what a cancel or a failed shard ends (`sources`)
+ENDED = _sql(*TERMINAL)
 LOCK_PATIENCE = 3600.0  # seconds of waiting for the write lock before giving up
 # A reaper that waited this long for the write lock saw leases expire only because no
 # heartbeat could be written either: it reaps nothing until the heartbeats are through.
@@ -250,14 +268,13 @@ class SqliteStore:
                 "SELECT COUNT(*) FROM jobs WHERE orchestration_id = ? AND status = ?",
                 (oid, Status.IN_PROGRESS.value),
             ).fetchone()[0]
-        done = succeeded + failed + cancelled
         return OrchestrationSnapshot(
             id=oid,
             job_name=job_name,
             status=Status(status),
-            counts=Counts(
-                total=total, pending=max(0, total - done - in_progress), in_progress=in_progress,
-                succeeded=succeeded, failed=failed, cancelled=cancelled,
+            counts=Counts.from_sums(
+                Status(status), total=total, in_progress=in_progress, succeeded=succeeded,
+                failed=failed, cancelled=cancelled,
             ),
             options=RunOptions(
                 retries=retries, backoff=backoff, timeout=timeout, parallelism=parallelism
@@ -286,14 +303,14 @@ class SqliteStore:
     def unsettled_orchestrations(self) -> list[OrchestrationSnapshot]:
         rows = self._db.execute(
             f"SELECT {ORCHESTRATION_COLUMNS} FROM orchestrations"
-            " WHERE status = 'InProgress' OR event_published = 0 ORDER BY created_at"
+            f" WHERE status = {IN_PROGRESS} OR event_published = 0 ORDER BY created_at"
         ).fetchall()
         return [self._snapshot(r) for r in rows]
 
     def progress(self, orchestration_id: str) -> int:
         row = self._db.execute(
             "SELECT COALESCE(SUM(attempts), 0) + COALESCE(SUM(isolated), 0)"
-            " + COALESCE(SUM(status IN ('Completed', 'Errored', 'Cancelled')), 0)"
+            f" + COALESCE(SUM(status IN {ENDED}), 0)"
             " FROM jobs WHERE orchestration_id = ?",
             (orchestration_id,),
         ).fetchone()
@@ -302,7 +319,7 @@ class SqliteStore:
     def unfinished_shards(self, orchestration_id: str) -> list[int]:
         rows = self._db.execute(
             "SELECT DISTINCT shard FROM jobs WHERE orchestration_id = ?"
-            " AND status IN ('Pending', 'InProgress') ORDER BY shard",
+            f" AND status IN {UNFINISHED_SQL} ORDER BY shard",
             (orchestration_id,),
         ).fetchall()
         return [int(r[0]) for r in rows]
@@ -317,7 +334,7 @@ class SqliteStore:
         with self._write() as db:
             ready = db.execute(
                 f"SELECT idx, isolated FROM jobs WHERE orchestration_id = ? AND {which}"
-                " AND status = 'Pending' AND not_before <= ? ORDER BY not_before, idx LIMIT ?",
+                f" AND status = {PENDING} AND not_before <= ? ORDER BY not_before, idx LIMIT ?",
                 (orchestration_id, key, now, limit),
             ).fetchall()
             alone = [idx for idx, isolated in ready if isolated]
@@ -326,7 +343,7 @@ class SqliteStore:
                 return []
             next_stamp(db, orchestration_id)
             rows = db.execute(
-                "UPDATE jobs SET status = 'InProgress', attempts = attempts + 1, owner = ?,"
+                f"UPDATE jobs SET status = {IN_PROGRESS}, attempts = attempts + 1, owner = ?,"
                 f" lease_until = ?, started_at = ?, changed = {STAMP}"
                 " WHERE orchestration_id = ? AND idx IN"
                 f" ({', '.join('?' * len(chosen))}) RETURNING job_id, idx, params, attempts",
@@ -338,7 +355,7 @@ class SqliteStore:
     def heartbeat(self, owner: str, *, now: float, lease: float) -> int:
         with self._write() as db:
             return db.execute(
-                "UPDATE jobs SET lease_until = ? WHERE owner = ? AND status = 'InProgress'",
+                f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND status = {IN_PROGRESS}",
                 (now + lease, owner),
             ).rowcount
 
@@ -350,7 +367,7 @@ class SqliteStore:
         they have (LOCK_BLACKOUT)."""
         sql = (
             "SELECT job_id, idx, params, attempts, owner FROM jobs WHERE orchestration_id = ?"
-            " AND status = 'InProgress' AND "
+            f" AND status = {IN_PROGRESS} AND "
         )
         waited = self._begin()
         try:
@@ -396,7 +413,7 @@ class SqliteStore:
                     " finished_at = ?, attempts = attempts - ?, isolated = MAX(isolated, ?),"
                     f" owner = NULL, lease_until = NULL, changed = {STAMP}"
                     " WHERE orchestration_id = ? AND idx = ? AND owner = ?"
-                    " AND status = 'InProgress'",
+                    f" AND status = {IN_PROGRESS}",
                     rows,
                 )
                 applied += cur.rowcount
@@ -411,7 +428,7 @@ class SqliteStore:
     def unfinished(self, orchestration_id: str, shard: int | None = None) -> int:
         sql = (
             "SELECT COUNT(*) FROM jobs WHERE orchestration_id = ?"
-            " AND status IN ('Pending', 'InProgress')"
+            f" AND status IN {UNFINISHED_SQL}"
         )
         if shard is None:
             return int(self._db.execute(sql, (orchestration_id,)).fetchone()[0])
@@ -421,7 +438,7 @@ class SqliteStore:
     def next_ready_at(self, orchestration_id: str, shard: int) -> float | None:
         row = self._db.execute(
             "SELECT MIN(not_before) FROM jobs WHERE orchestration_id = ? AND shard = ?"
-            " AND status = 'Pending'",
+            f" AND status = {PENDING}",
             (orchestration_id, shard),
         ).fetchone()
         return None if row[0] is None else float(row[0])
@@ -432,9 +449,9 @@ class SqliteStore:
         with self._write() as db:
             next_stamp(db, orchestration_id)
             failed = db.execute(
-                "UPDATE jobs SET status = 'Errored', error = ?, finished_at = ?, owner = NULL,"
+                f"UPDATE jobs SET status = {ERRORED}, error = ?, finished_at = ?, owner = NULL,"
                 f" lease_until = NULL, changed = {STAMP} WHERE orchestration_id = ?"
-                " AND shard = ? AND status IN ('Pending', 'InProgress')",
+                f" AND shard = ? AND status IN {UNFINISHED_SQL}",
                 (json.dumps(error.to_json()), now, orchestration_id, orchestration_id, shard),
             ).rowcount
             if failed:
@@ -457,13 +474,13 @@ class SqliteStore:
                 return False
             next_stamp(db, orchestration_id)
             cancelled = db.execute(
-                "UPDATE jobs SET status = 'Cancelled', finished_at = ?, owner = NULL,"
+                f"UPDATE jobs SET status = {CANCELLED}, finished_at = ?, owner = NULL,"
                 f" lease_until = NULL, changed = {STAMP} WHERE orchestration_id = ?"
-                " AND status IN ('Pending', 'InProgress')",
+                f" AND status IN {UNFINISHED_SQL}",
                 (now, orchestration_id, orchestration_id),
             ).rowcount
             db.execute(
-                "UPDATE orchestrations SET cancelled = cancelled + ?, status = 'Cancelled',"
+                f"UPDATE orchestrations SET cancelled = cancelled + ?, status = {CANCELLED},"
                 " finished_at = ? WHERE id = ?",
                 (cancelled, now, orchestration_id),
             )
@@ -474,7 +491,7 @@ class SqliteStore:
             return (
                 db.execute(
                     "UPDATE orchestrations SET status = ?, finished_at = ?"
-                    " WHERE id = ? AND status = 'InProgress'",
+                    f" WHERE id = ? AND status = {IN_PROGRESS}",
                     (status.value, now, orchestration_id),
                 ).rowcount
                 == 1
@@ -485,7 +502,7 @@ class SqliteStore:
             return (
                 db.execute(
                     "UPDATE orchestrations SET publish_claim = ? WHERE id = ?"
-                    " AND event_published = 0 AND status != 'InProgress'"
+                    f" AND event_published = 0 AND status != {IN_PROGRESS}"
                     " AND (publish_claim IS NULL OR publish_claim < ?)",
                     (now + hold, orchestration_id, now),
                 ).rowcount
@@ -508,20 +525,17 @@ class SqliteStore:
         self.get_orchestration(orchestration_id)  # raises UnknownOrchestration
         cur = self._db.execute(
             "SELECT job_id, idx, params, status, result, error, attempts FROM jobs"
-            " WHERE orchestration_id = ? AND status IN ('Completed', 'Errored', 'Cancelled')"
+            f" WHERE orchestration_id = ? AND status IN {ENDED}"
             " ORDER BY idx",
             (orchestration_id,),
         )
         for job_id, idx, params, status, result, error, attempts in cur:
-            if status == Status.COMPLETED.value:
-                yield Success(job_id, idx, json.loads(params), json.loads(result or "null"))
-            else:
-                info = (
-                    ErrorInfo.from_json(json.loads(error))
-                    if error and status == Status.ERRORED.value
-                    else ErrorInfo(type="Cancelled", message="the orchestration was cancelled")
-                )
-                yield Failure(job_id, idx, json.loads(params), info, attempts, Status(status))
+            yield ended(
+                job_id, idx, json.loads(params), Status(status),
+                result=json.loads(result or "null"),
+                error=ErrorInfo.from_json(json.loads(error)) if error else None,
+                attempts=attempts,
+            )
 
     # -- instances and their changes ---------------------------------------------------
 
