@@ -15,7 +15,7 @@ from typing import Any
 from jobfleet.backends import Backend, default_parallelism, open_backend
 from jobfleet.config import Settings
 from jobfleet.core import params as param_sets
-from jobfleet.core.completion import abandon, settle
+from jobfleet.core.completion import settle, settle_without_workers
 from jobfleet.core.models import (
     JobCompletedEvent,
     JobInstance,
@@ -55,7 +55,7 @@ class Orchestration:
         with the terminal state."""
         store = self.fleet.backend.store
         deadline = None if timeout is None else time.monotonic() + timeout
-        token = store.change_token(self.id)
+        token = store.wake_token(self.id)
         snap = self.status()
         yield snap
         quiet_since = time.monotonic()
@@ -63,7 +63,7 @@ class Orchestration:
             left = WATCH_SLICE_SECONDS if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 raise WaitTimeout(self.id, timeout or 0.0)
-            token = store.wait_for_change(self.id, token, min(left, WATCH_SLICE_SECONDS))
+            token = store.wait_for_wake(self.id, token, min(left, WATCH_SLICE_SECONDS))
             current = self.status()
             if current != snap:
                 snap, quiet_since = current, time.monotonic()
@@ -92,7 +92,7 @@ class Orchestration:
 
     def results_so_far(self) -> Results:
         """The instances that have finished, without waiting for the rest."""
-        return partition(self.fleet.backend.store.outcomes(self.id))
+        return partition(self.fleet.backend.store.results(self.id))
 
     def cancel(self) -> OrchestrationSnapshot:
         """Stop unfinished instances (they end Cancelled) and announce the end."""
@@ -197,7 +197,7 @@ class JobFleet:
             )
         except Exception as exc:
             # Nothing may stay InProgress with no worker to finish it.
-            abandon(backend.store, backend.bus, new.id, f"launch failed: {exc}")
+            settle_without_workers(backend.store, backend.bus, new.id, f"launch failed: {exc}")
             raise LaunchFailed(new.id, exc) from exc
         except BaseException:
             # Interrupted (Ctrl-C) between commit and launch: what the user stopped ends

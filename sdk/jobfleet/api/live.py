@@ -136,8 +136,8 @@ class OrchestrationFeed:
 
     def _new_transitions(self, after: float) -> tuple[list[LiveEvent], float]:
         events, cursor = [], after
-        for instance in self._store.instance_changes(
-            self.orchestration.id, after=after - self._store.change_margin
+        for instance in self._store.changes_after(
+            self.orchestration.id, after=after - self._store.stamp_margin
         ):
             cursor = max(cursor, instance.changed)
             state = (instance.status, instance.attempts)
@@ -149,7 +149,7 @@ class OrchestrationFeed:
     def _follow(self) -> None:
         """Until the end is out or nobody listens: a quiet orchestration's watch is
         restarted every LISTENER_CHECK_SECONDS to see whether anyone still does."""
-        cursor = self._store.change_cursor(self.orchestration.id)
+        cursor = self._store.change_stamp(self.orchestration.id)
         last: OrchestrationSnapshot | None = None
         while True:
             try:
@@ -254,9 +254,9 @@ class LiveHub:
         store = orchestration.fleet.backend.store
         stamp, _ = resume
         # From the last event's own stamp on: a change stamps several instances alike.
-        after = math.nextafter(stamp, -math.inf) - store.change_margin
+        after = math.nextafter(stamp, -math.inf) - store.stamp_margin
         backlog, seen = [], set()
-        for instance in store.instance_changes(orchestration.id, after=after):
+        for instance in store.changes_after(orchestration.id, after=after):
             if (instance.changed, instance.index) > resume:
                 backlog.append(transition(instance))
             else:

@@ -184,7 +184,7 @@ class JobInstance:
     """One instance as the API and the dashboard show it.
 
     `changed` orders an orchestration's instances by their latest write: a commit
-    sequence in SQLite, the writer's clock in Firestore (see `Store.change_margin`).
+    sequence in SQLite, the writer's clock in Firestore (see `Store.stamp_margin`).
     """
 
     job_id: str

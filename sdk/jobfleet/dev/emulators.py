@@ -3,7 +3,7 @@
 The Firestore emulator is started from its own binary rather than through `gcloud`,
 because only the binary takes `--functions_emulator`: the address it POSTs an event
 to for each write that matches a registered Eventarc trigger (the trigger relay in
-`jobfleet.dev.bridge`). Each emulator starts in a process group of its own and
+`jobfleet.dev.relay`). Each emulator starts in a process group of its own and
 stopping it ends the whole group (`gcloud` leaves its Java child running when it
 alone is killed): no run leaks a server or a port.
 """

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from jobfleet import cloud_function
 from jobfleet.config import DEFAULT_CLOUD_RUN_JOB, DEFAULT_REGION, DEFAULT_TOPIC
-from jobfleet.dev.bridge import add_route, remove_route
 from jobfleet.dev.emulators import (
     answers,
     firestore_emulator,
@@ -32,6 +31,7 @@ from jobfleet.dev.emulators import (
     responds,
     stop_groups,
 )
+from jobfleet.dev.relay import add_route, remove_route
 from jobfleet.dev.sweeper import DEFAULT_EVERY_SECONDS
 from jobfleet.errors import ConfigurationError
 
@@ -149,7 +149,7 @@ def _start(stack: Stack, project: str, parallelism: int, sweep_every: float) -> 
     given_firestore = os.environ.get("FIRESTORE_EMULATOR_HOST")
     given_relay = (os.environ.get(RELAY) or "").rstrip("/")
     if given_firestore and answers(given_firestore):
-        if not (given_relay and responds(f"{given_relay}/_bridge/stats")):
+        if not (given_relay and responds(f"{given_relay}/_relay/stats")):
             raise ConfigurationError(
                 f"FIRESTORE_EMULATOR_HOST={given_firestore} answers, but no trigger relay "
                 f"answers at {RELAY}={given_relay or '(unset)'}: the emulator sends its "
@@ -162,13 +162,13 @@ def _start(stack: Stack, project: str, parallelism: int, sweep_every: float) -> 
         firestore = firestore_emulator(stack.state_dir, relay=f"127.0.0.1:{relay_port}")
         stack.spawn("firestore-emulator", firestore.command, {})
         stack.spawn("relay", [
-            sys.executable, "-m", "jobfleet.dev.bridge", "--port", str(relay_port),
+            sys.executable, "-m", "jobfleet.dev.relay", "--port", str(relay_port),
             "--firestore", firestore.host_port,
         ], {})
         env["FIRESTORE_EMULATOR_HOST"] = firestore.host_port
         env[RELAY] = f"http://127.0.0.1:{relay_port}"
         waits += [("firestore-emulator", f"http://{firestore.host_port}/"),
-                  ("relay", f"{env[RELAY]}/_bridge/stats")]
+                  ("relay", f"{env[RELAY]}/_relay/stats")]
     given_pubsub = os.environ.get("PUBSUB_EMULATOR_HOST")
     if given_pubsub and answers(given_pubsub):
         env["PUBSUB_EMULATOR_HOST"] = given_pubsub

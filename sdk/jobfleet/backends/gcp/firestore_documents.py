@@ -249,7 +249,7 @@ def job_instance(doc: Snapshot) -> JobInstance:
     )
 
 
-def outcome(doc: Snapshot) -> Success | Failure:
+def instance_result(doc: Snapshot) -> Success | Failure:
     data = doc.to_dict() or {}
     return ended(
         doc.id, data["index"], json.loads(data["params"]), Status(data["status"]),

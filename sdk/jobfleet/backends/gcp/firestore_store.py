@@ -41,13 +41,13 @@ from jobfleet.backends.gcp.firestore_documents import (
     ShardCounters,
     Snapshot,
     claimed_instance,
+    instance_result,
     job_instance,
     lease_id,
     new_job,
     new_orchestration,
     new_shard,
     orchestration_snapshot,
-    outcome,
     tag_pair,
     unfinished_in,
 )
@@ -468,7 +468,7 @@ class FirestoreStore:
         counters.write(transaction, ref)
         return applied
 
-    def give_up(
+    def fail_unfinished(
         self, orchestration_id: str, shard: int, error: ErrorInfo, *, now: float
     ) -> int:
         ref = self._ref(orchestration_id)
@@ -493,7 +493,7 @@ class FirestoreStore:
             query = query.where(filter=_where("shard", "==", shard))
         return [doc.reference for doc in query.select([FieldPath.document_id()]).stream()]
 
-    def unfinished(self, orchestration_id: str, shard: int | None = None) -> int:
+    def unfinished_count(self, orchestration_id: str, shard: int | None = None) -> int:
         """From the counters: one small read, however many instances."""
         ref = self._ref(orchestration_id)
         if shard is None:
@@ -559,7 +559,7 @@ class FirestoreStore:
             {"status": status.value, "finished_at": now},
         )
 
-    def outcomes(self, orchestration_id: str) -> Iterator[Success | Failure]:
+    def results(self, orchestration_id: str) -> Iterator[Success | Failure]:
         """Page by page in index order, so that a slow reader holds no stream open."""
         ref = self._ref(orchestration_id)
         if not ref.get().exists:
@@ -570,7 +570,7 @@ class FirestoreStore:
         )
         page = list(query.stream())
         while page:
-            yield from (outcome(doc) for doc in page)
+            yield from (instance_result(doc) for doc in page)
             page = list(query.start_after(page[-1]).stream()) if len(page) == PAGE else []
 
     # -- instances and their changes -----------------------------------------------------
@@ -592,24 +592,24 @@ class FirestoreStore:
         docs = query.order_by("index").limit(limit).stream() if limit > 0 else iter(())
         return [job_instance(doc) for doc in docs]
 
-    def instance_changes(self, orchestration_id: str, *, after: float) -> list[JobInstance]:
+    def changes_after(self, orchestration_id: str, *, after: float) -> list[JobInstance]:
         query = self._ref(orchestration_id).collection(JOBS).where(
             filter=_where("changed", ">", after)
         )
         changed = [job_instance(doc) for doc in query.order_by("changed").stream()]
         return sorted(changed, key=lambda i: (i.changed, i.index))
 
-    def change_cursor(self, orchestration_id: str) -> float:
-        return time.time()  # writers' clocks: `change_margin` covers their skew
+    def change_stamp(self, orchestration_id: str) -> float:
+        return time.time()  # writers' clocks: `stamp_margin` covers their skew
 
     # -- changes --------------------------------------------------------------------------
 
-    change_margin = CLOCK_MARGIN
+    stamp_margin = CLOCK_MARGIN
 
-    def change_token(self, orchestration_id: str) -> int:
+    def wake_token(self, orchestration_id: str) -> int:
         return self._changes.token(orchestration_id)
 
-    def wait_for_change(self, orchestration_id: str, token: int, timeout: float) -> int:
+    def wait_for_wake(self, orchestration_id: str, token: int, timeout: float) -> int:
         return self._changes.wait(orchestration_id, token, timeout)
 
 

@@ -69,7 +69,7 @@ LOCK_BLACKOUT = 1.0
 class SqliteStore:
     """Safe to share between threads: each thread gets connections of its own."""
 
-    change_margin = 0.0  # `changed` is a per-orchestration commit sequence
+    stamp_margin = 0.0  # `changed` is a per-orchestration commit sequence
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -425,7 +425,7 @@ class SqliteStore:
                     )
         return applied
 
-    def unfinished(self, orchestration_id: str, shard: int | None = None) -> int:
+    def unfinished_count(self, orchestration_id: str, shard: int | None = None) -> int:
         sql = (
             "SELECT COUNT(*) FROM jobs WHERE orchestration_id = ?"
             f" AND status IN {UNFINISHED_SQL}"
@@ -443,7 +443,7 @@ class SqliteStore:
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
-    def give_up(
+    def fail_unfinished(
         self, orchestration_id: str, shard: int, error: ErrorInfo, *, now: float
     ) -> int:
         with self._write() as db:
@@ -521,7 +521,7 @@ class SqliteStore:
                 "UPDATE orchestrations SET event_published = 1 WHERE id = ?", (orchestration_id,)
             )
 
-    def outcomes(self, orchestration_id: str) -> Iterator[Success | Failure]:
+    def results(self, orchestration_id: str) -> Iterator[Success | Failure]:
         self.get_orchestration(orchestration_id)  # raises UnknownOrchestration
         cur = self._db.execute(
             "SELECT job_id, idx, params, status, result, error, attempts FROM jobs"
@@ -556,7 +556,7 @@ class SqliteStore:
         rows = self._db.execute(sql + " ORDER BY idx LIMIT ?", [*args, limit]).fetchall()
         return [instance_of(r) for r in rows]
 
-    def instance_changes(self, orchestration_id: str, *, after: float) -> list[JobInstance]:
+    def changes_after(self, orchestration_id: str, *, after: float) -> list[JobInstance]:
         rows = self._db.execute(
             f"SELECT {INSTANCE_COLUMNS} FROM jobs WHERE orchestration_id = ? AND changed > ?"
             " ORDER BY changed, idx",
@@ -564,7 +564,7 @@ class SqliteStore:
         ).fetchall()
         return [instance_of(r) for r in rows]
 
-    def change_cursor(self, orchestration_id: str) -> float:
+    def change_stamp(self, orchestration_id: str) -> float:
         row = self._db.execute(
             "SELECT version FROM orchestrations WHERE id = ?", (orchestration_id,)
         ).fetchone()
@@ -574,15 +574,15 @@ class SqliteStore:
 
     # -- changes ------------------------------------------------------------------
 
-    def change_token(self, orchestration_id: str) -> int:
+    def wake_token(self, orchestration_id: str) -> int:
         """SQLite's data_version moves whenever another connection commits."""
         return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
 
-    def wait_for_change(self, orchestration_id: str, token: int, timeout: float) -> int:
+    def wait_for_wake(self, orchestration_id: str, token: int, timeout: float) -> int:
         deadline = time.monotonic() + timeout
         pause = 0.002
         while True:
-            current = self.change_token(orchestration_id)
+            current = self.wake_token(orchestration_id)
             if current != token or time.monotonic() >= deadline:
                 return current
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))

@@ -10,10 +10,10 @@ and POSTs it to the function of the trigger's route: at least once and, if asked
 several copies out of order, as Eventarc may.
 
 An emulator sends to one relay address, so a route added to any other relay never
-fires: other processes add routes to the running relay over HTTP (`POST /_bridge/routes`,
-`add_route`); `GET /_bridge/stats` has each route's counters.
+fires: other processes add routes to the running relay over HTTP (`POST /_relay/routes`,
+`add_route`); `GET /_relay/stats` has each route's counters.
 
-Run it with `python -m jobfleet.dev.bridge --port PORT --firestore HOST:PORT`.
+Run it with `python -m jobfleet.dev.relay --port PORT --firestore HOST:PORT`.
 """
 
 from __future__ import annotations
@@ -412,14 +412,14 @@ class _RelayHandler(BaseHTTPRequestHandler):
             project, trigger_id = (urllib.parse.unquote(part) for part in trigger.groups())
             event_id = self.headers.get("ce-id") or str(uuid.uuid4())
             self._reply(relay.receive(project, trigger_id, event_id, body))
-        elif path == "/_bridge/routes":
+        elif path == "/_relay/routes":
             self._add_route(relay, body)
         else:
             self._reply(404, {"error": f"no {path}"})
 
     def do_GET(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
-        if path == "/_bridge/stats":
+        if path == "/_relay/stats":
             self._reply(200, self.server.relay.stats())
         elif path == "/":
             self._reply(200)
@@ -428,7 +428,7 @@ class _RelayHandler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         relay = self.server.relay
-        trigger_id = urllib.parse.urlsplit(self.path).path.removeprefix("/_bridge/routes/")
+        trigger_id = urllib.parse.urlsplit(self.path).path.removeprefix("/_relay/routes/")
         route = relay.route(trigger_id)
         if route is None:
             self._reply(404, {"error": f"no route {trigger_id}"})
@@ -471,7 +471,7 @@ def add_route(
     payload = {"project": project, "function_url": function_url, "deliveries": deliveries,
                "shuffle": shuffle}
     request = urllib.request.Request(
-        f"{relay_url.rstrip('/')}/_bridge/routes", data=json.dumps(payload).encode(),
+        f"{relay_url.rstrip('/')}/_relay/routes", data=json.dumps(payload).encode(),
         method="POST", headers={"content-type": "application/json"},
     )
     try:
@@ -488,7 +488,7 @@ def add_route(
 def remove_route(relay_url: str, trigger_id: str) -> None:
     """Remove a route from a running relay, if both are still there."""
     request = urllib.request.Request(
-        f"{relay_url.rstrip('/')}/_bridge/routes/{trigger_id}", method="DELETE"
+        f"{relay_url.rstrip('/')}/_relay/routes/{trigger_id}", method="DELETE"
     )
     try:
         with urllib.request.urlopen(request, timeout=POST_TIMEOUT + 5) as reply:
@@ -499,7 +499,7 @@ def remove_route(relay_url: str, trigger_id: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m jobfleet.dev.bridge",
+        prog="python -m jobfleet.dev.relay",
         description="Receive the Firestore emulator's trigger events (its --functions_emulator "
         "address) and POST each to a function as the CloudEvent Eventarc would send.",
     )
