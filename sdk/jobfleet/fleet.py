@@ -94,6 +94,23 @@ class Orchestration:
         """The instances that have finished, without waiting for the rest."""
         return partition(self.fleet.backend.store.results(self.id))
 
+    def status_and_results(self) -> tuple[OrchestrationSnapshot, Results]:
+        """The orchestration as it stands, then the instances finished so far: read in
+        that order, so that when the status is terminal the results are all of them."""
+        return self.status(), self.results_so_far()
+
+    def change_stamp(self) -> float:
+        """A change stamp at least as late as every instance write so far: where
+        following `transitions` starts."""
+        return self.fleet.backend.store.change_stamp(self.id)
+
+    def transitions(self, *, after: float) -> list[JobInstance]:
+        """The instances written after change stamp `after`, in stamp order, with those
+        stamped up to the store's margin before it (writers' clocks may disagree): a
+        follower drops what it has already seen."""
+        store = self.fleet.backend.store
+        return store.changes_after(self.id, after=after - store.stamp_margin)
+
     def cancel(self) -> OrchestrationSnapshot:
         """Stop unfinished instances (they end Cancelled) and announce the end."""
         backend = self.fleet.backend
@@ -216,7 +233,20 @@ class JobFleet:
     def orchestration(self, orchestration_id: str) -> Orchestration:
         """A handle on an existing orchestration; raises UnknownOrchestration."""
         self.backend.store.get_orchestration(orchestration_id)
+        return self.handle(orchestration_id)
+
+    def handle(self, orchestration_id: str) -> Orchestration:
+        """A handle without reading the orchestration first, for a call that reads it
+        anyway: that call raises UnknownOrchestration if there is none."""
         return Orchestration(self, orchestration_id)
+
+    def release_thread(self) -> None:
+        """The calling thread is done with the backend: close what the store holds open
+        for it (SQLite connections; nothing on Google Cloud)."""
+        if self._backend is not None:
+            release = getattr(self._backend.store, "release_thread", None)
+            if release is not None:
+                release()
 
     def history(
         self,
