@@ -29,7 +29,8 @@ from werkzeug.serving import make_server
 
 from conftest import Emulators, eventually
 from jobfleet.dev.emulators import firestore_binary, firestore_emulator, free_port, stop_group
-from jobfleet.dev.relay import Route, TriggerRelay, add_route, remove_route
+from jobfleet.dev.relay import Route, TriggerRelay
+from jobfleet.dev.relay_http import add_route, remove_route
 from jobfleet.errors import ConfigurationError
 
 WAIT = 20.0

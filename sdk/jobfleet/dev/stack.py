@@ -31,7 +31,7 @@ from jobfleet.dev.emulators import (
     responds,
     stop_groups,
 )
-from jobfleet.dev.relay import add_route, remove_route
+from jobfleet.dev.relay_http import add_route, remove_route
 from jobfleet.dev.sweeper import DEFAULT_EVERY_SECONDS
 from jobfleet.errors import ConfigurationError
 
