@@ -4,13 +4,13 @@
 
 Starts the dev stack (`jobfleet dev up`: the Firestore and Pub/Sub emulators, the
 Cloud Run Admin API stand-in running real `jobfleet worker` tasks, the completion
-function on functions-framework, the trigger bridge), kicks off --jobs no-op
+function on functions-framework, the trigger relay), kicks off --jobs no-op
 parameter sets with the gcp backend, and prints:
 
 - kick-off time (SDK call to return: all instances written, the execution started);
 - Admin API calls for the orchestration, beside the one-execution-per-parameter-set
   design (one RunJob per parameter set);
-- store writes per job instance (every job-document write reaches the bridge);
+- store writes per job instance (every job-document write reaches the relay);
 - function invocations;
 - the delay from the last instance's terminal write to the JobCompletedEvent arriving
   on a Pub/Sub subscription.
@@ -84,7 +84,7 @@ def measure(jobs: int, parallelism: int, env: dict[str, str]) -> None:
         arrived.setdefault(event.orchestration_id, time.time())
         got.set()
 
-    relay_before = _get_json(f"{env['JOBFLEET_TRIGGER_RELAY']}/_bridge/stats")
+    relay_before = _get_json(f"{env['JOBFLEET_TRIGGER_RELAY']}/_relay/stats")
     with EventSubscriber(project, subscription, on_event), JobFleet(
         backend="gcp", jobs_modules=["jobfleet.demo"]
     ) as fleet:
@@ -98,7 +98,7 @@ def measure(jobs: int, parallelism: int, env: dict[str, str]) -> None:
         snap = orchestration.status()
     delay = arrived[orchestration.id] - last_terminal_write(project, orchestration.id)
     calls = _get_json(f"{env['JOBFLEET_CLOUD_RUN_ENDPOINT']}/_standin/calls")
-    relay_after = _get_json(f"{env['JOBFLEET_TRIGGER_RELAY']}/_bridge/stats")
+    relay_after = _get_json(f"{env['JOBFLEET_TRIGGER_RELAY']}/_relay/stats")
     changes = _total(relay_after, "changes") - _total(relay_before, "changes")
     invocations = _total(relay_after, "invocations") - _total(relay_before, "invocations")
 

@@ -17,7 +17,7 @@ import pytest
 from jobfleet import JobFleet
 
 if TYPE_CHECKING:
-    from jobfleet.dev.bridge import TriggerRelay
+    from jobfleet.dev.relay import TriggerRelay
 
 TESTS = Path(__file__).resolve().parent
 SAMPLE_JOBS = "sample_jobs"
@@ -106,8 +106,8 @@ def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulators]:
 
 
 def _local(project: str, logs: Path) -> Iterator[Emulators]:
-    from jobfleet.dev.bridge import TriggerRelay
     from jobfleet.dev.emulators import free_port, start_emulators, stop_emulators
+    from jobfleet.dev.relay import TriggerRelay
 
     firestore_port = free_port()
     with TriggerRelay(f"127.0.0.1:{firestore_port}") as relay:
@@ -135,8 +135,8 @@ def _containers(project: str) -> Iterator[Emulators]:
         DockerContainer,
     )
 
-    from jobfleet.dev.bridge import TriggerRelay
     from jobfleet.dev.emulators import answers
+    from jobfleet.dev.relay import TriggerRelay
 
     image = "gcr.io/google.com/cloudsdktool/google-cloud-cli:emulators"
     with TriggerRelay("", host="0.0.0.0") as relay:  # its emulator is known once started

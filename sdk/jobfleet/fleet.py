@@ -15,7 +15,7 @@ from typing import Any
 from jobfleet.backends import Backend, default_parallelism, open_backend
 from jobfleet.config import Settings
 from jobfleet.core import params as param_sets
-from jobfleet.core.completion import abandon, settle
+from jobfleet.core.completion import settle, settle_without_workers
 from jobfleet.core.models import (
     JobCompletedEvent,
     JobInstance,
@@ -55,7 +55,7 @@ class Orchestration:
         with the terminal state."""
         store = self.fleet.backend.store
         deadline = None if timeout is None else time.monotonic() + timeout
-        token = store.change_token(self.id)
+        token = store.wake_token(self.id)
         snap = self.status()
         yield snap
         quiet_since = time.monotonic()
@@ -63,7 +63,7 @@ class Orchestration:
             left = WATCH_SLICE_SECONDS if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 raise WaitTimeout(self.id, timeout or 0.0)
-            token = store.wait_for_change(self.id, token, min(left, WATCH_SLICE_SECONDS))
+            token = store.wait_for_wake(self.id, token, min(left, WATCH_SLICE_SECONDS))
             current = self.status()
             if current != snap:
                 snap, quiet_since = current, time.monotonic()
@@ -92,7 +92,24 @@ class Orchestration:
 
     def results_so_far(self) -> Results:
         """The instances that have finished, without waiting for the rest."""
-        return partition(self.fleet.backend.store.outcomes(self.id))
+        return partition(self.fleet.backend.store.results(self.id))
+
+    def status_and_results(self) -> tuple[OrchestrationSnapshot, Results]:
+        """The orchestration as it stands, then the instances finished so far: read in
+        that order, so that when the status is terminal the results are all of them."""
+        return self.status(), self.results_so_far()
+
+    def change_stamp(self) -> float:
+        """A change stamp at least as late as every instance write so far: where
+        following `transitions` starts."""
+        return self.fleet.backend.store.change_stamp(self.id)
+
+    def transitions(self, *, after: float) -> list[JobInstance]:
+        """The instances written after change stamp `after`, in stamp order, with those
+        stamped up to the store's margin before it (writers' clocks may disagree): a
+        follower drops what it has already seen."""
+        store = self.fleet.backend.store
+        return store.changes_after(self.id, after=after - store.stamp_margin)
 
     def cancel(self) -> OrchestrationSnapshot:
         """Stop unfinished instances (they end Cancelled) and announce the end."""
@@ -197,7 +214,7 @@ class JobFleet:
             )
         except Exception as exc:
             # Nothing may stay InProgress with no worker to finish it.
-            abandon(backend.store, backend.bus, new.id, f"launch failed: {exc}")
+            settle_without_workers(backend.store, backend.bus, new.id, f"launch failed: {exc}")
             raise LaunchFailed(new.id, exc) from exc
         except BaseException:
             # Interrupted (Ctrl-C) between commit and launch: what the user stopped ends
@@ -216,7 +233,20 @@ class JobFleet:
     def orchestration(self, orchestration_id: str) -> Orchestration:
         """A handle on an existing orchestration; raises UnknownOrchestration."""
         self.backend.store.get_orchestration(orchestration_id)
+        return self.handle(orchestration_id)
+
+    def handle(self, orchestration_id: str) -> Orchestration:
+        """A handle without reading the orchestration first, for a call that reads it
+        anyway: that call raises UnknownOrchestration if there is none."""
         return Orchestration(self, orchestration_id)
+
+    def release_thread(self) -> None:
+        """The calling thread is done with the backend: close what the store holds open
+        for it (SQLite connections; nothing on Google Cloud)."""
+        if self._backend is not None:
+            release = getattr(self._backend.store, "release_thread", None)
+            if release is not None:
+                release()
 
     def history(
         self,

@@ -160,7 +160,7 @@ class Worker:
         lease: float = DEFAULT_LEASE_SECONDS,
         settles: bool = True,
     ) -> None:
-        self.a = assignment
+        self.assignment = assignment
         self.definition = definition
         self.store, self.bus, self.lease, self.settles = store, bus, lease, settles
         self.owner = assignment.owner
@@ -170,15 +170,15 @@ class Worker:
 
     def run(self) -> None:
         self.recover_previous_attempt()
-        if self.a.job_id is not None:
-            self.run_one(self.a.job_id)
+        if self.assignment.job_id is not None:
+            self.run_one(self.assignment.job_id)
             return
         batch = 1
         pending: list[Outcome] = []
         while True:
             now = time.time()
             claimed = self.store.claim(
-                self.a.orchestration_id, self.a.task_index, self.owner,
+                self.assignment.orchestration_id, self.assignment.task_index, self.owner,
                 limit=batch, now=now, lease=self.lease,
             )
             if not claimed:
@@ -207,27 +207,30 @@ class Worker:
 
     def record(self, outcomes: list[Outcome]) -> None:
         if outcomes:
-            self.store.record_outcomes(self.a.orchestration_id, outcomes)
+            self.store.record_outcomes(self.assignment.orchestration_id, outcomes)
             if self.settles:
-                settle(self.store, self.bus, self.a.orchestration_id)
+                settle(self.store, self.bus, self.assignment.orchestration_id)
 
     def recover_previous_attempt(self) -> None:
         """A retried task takes back what its dead predecessor held (Cloud Run runs one
         attempt of a task at a time, so anything InProgress in this shard is orphaned)."""
-        if self.a.task_attempt == 0:
+        if self.assignment.task_attempt == 0:
             return
         now = time.time()
         stale = held_by(
-            self.store.stale_claims(self.a.orchestration_id, now=now, shard=self.a.task_index),
-            self.a.execution,
+            self.store.stale_claims(
+                self.assignment.orchestration_id, now=now, shard=self.assignment.task_index
+            ),
+            self.assignment.execution,
         )
-        why = f"task {self.a.task_index} attempt {self.a.task_attempt - 1} was lost"
+        task, attempt = self.assignment.task_index, self.assignment.task_attempt
+        why = f"task {task} attempt {attempt - 1} was lost"
         self.record(lost_worker_outcomes(stale, self.policy, why, now))
 
     def wait_for_ready_work(self) -> bool:
         """Sleep until the next retry is due; False when this share has nothing left."""
-        oid, shard = self.a.orchestration_id, self.a.task_index
-        if self.store.unfinished(oid, shard) == 0:
+        oid, shard = self.assignment.orchestration_id, self.assignment.task_index
+        if self.store.unfinished_count(oid, shard) == 0:
             return False
         ready = self.store.next_ready_at(oid, shard)
         delay = IDLE_POLL_SECONDS if ready is None else ready - time.time()
@@ -237,7 +240,7 @@ class Worker:
     def run_one(self, job_id: str) -> None:
         """JOB_ID mode: every attempt of exactly one instance, waiting out its backoff."""
         while claimed := self.store.claim(
-            self.a.orchestration_id, self.a.task_index, self.owner,
+            self.assignment.orchestration_id, self.assignment.task_index, self.owner,
             limit=1, now=time.time(), lease=self.lease, job_id=job_id,
         ):
             outcome = self.attempt(claimed[0])

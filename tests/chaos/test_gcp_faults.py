@@ -44,7 +44,6 @@ from jobfleet import JobCompletedEvent, JobFleet, Status, cloud_function
 from jobfleet.backends.gcp.pubsub import decode, ensure_topic, subscription_path, topic_path
 from jobfleet.core.models import WORKER_LOST, JobInstance, OrchestrationSnapshot
 from jobfleet.core.sweep import LAUNCHED, RECOVERED
-from jobfleet.dev.bridge import Route
 from jobfleet.dev.cloud_run import CloudRunStandIn
 from jobfleet.dev.emulators import free_port, stop_group, stop_groups
 from jobfleet.dev.eventarc import (
@@ -54,6 +53,7 @@ from jobfleet.dev.eventarc import (
     FunctionEndpoint,
     cloud_event_headers,
 )
+from jobfleet.dev.relay import Route
 
 pytestmark = pytest.mark.slow
 

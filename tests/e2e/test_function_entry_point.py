@@ -122,14 +122,14 @@ def finish(store: FirestoreStore, oid: str, statuses: list[Status]) -> None:
 def settled(store: FirestoreStore, oid: str, log: Path) -> OrchestrationSnapshot:
     """Wait, on the store's own change feed, until the function has flipped and announced."""
     deadline = time.monotonic() + SETTLE_TIMEOUT
-    token = store.change_token(oid)
+    token = store.wake_token(oid)
     while True:
         snap = store.get_orchestration(oid)
         if snap.status.terminal and snap.event_published:
             return snap
         left = deadline - time.monotonic()
         assert left > 0, f"the function did not settle {snap}:\n{log.read_text()[-3000:]}"
-        token = store.wait_for_change(oid, token, min(left, 0.5))
+        token = store.wait_for_wake(oid, token, min(left, 0.5))
 
 
 def test_the_deployed_entry_point_settles_on_the_emulators_trigger_event(

@@ -302,7 +302,7 @@ def test_dev_up_alone_starts_every_part_and_dev_down_stops_every_one(
             for line in up.stdout.splitlines() if line.startswith("export ")
         )
         relay = exports["JOBFLEET_TRIGGER_RELAY"]
-        [route] = _get_json(f"{relay}/_bridge/stats")["routes"].values()
+        [route] = _get_json(f"{relay}/_relay/stats")["routes"].values()
         assert route["project"] == "dev-alone"
 
         monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", exports["FIRESTORE_EMULATOR_HOST"])
@@ -311,7 +311,7 @@ def test_dev_up_alone_starts_every_part_and_dev_down_stops_every_one(
         deadline = time.monotonic() + 30
         while route["delivered"] < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
-            [route] = _get_json(f"{relay}/_bridge/stats")["routes"].values()
+            [route] = _get_json(f"{relay}/_relay/stats")["routes"].values()
         assert (route["changes"], route["delivered"], route["failed"]) == (1, 1, 0)
     finally:
         if client is not None:

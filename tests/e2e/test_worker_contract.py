@@ -42,7 +42,7 @@ def test_each_task_runs_exactly_its_share(home: Path) -> None:
     done = worker(home, JOB_NAME="maybe_fail", ORCHESTRATION_ID=oid,
                   CLOUD_RUN_TASK_INDEX="1", CLOUD_RUN_TASK_COUNT="3")
     assert done.returncode == 0, done.stderr
-    finished = sorted(o.index for o in store.outcomes(oid))
+    finished = sorted(o.index for o in store.results(oid))
     assert finished == [1, 4]  # shard 1 of 3
     assert store.get_orchestration(oid).status is Status.IN_PROGRESS
 
@@ -66,8 +66,8 @@ def test_job_id_runs_exactly_one_instance(home: Path) -> None:
     ])
     done = worker(home, JOB_NAME="maybe_fail", ORCHESTRATION_ID=oid, JOB_ID=second)
     assert done.returncode == 0, done.stderr
-    assert [(o.index, o.job_id) for o in store.outcomes(oid)] == [(1, second)]
-    assert store.unfinished(oid) == 2
+    assert [(o.index, o.job_id) for o in store.results(oid)] == [(1, second)]
+    assert store.unfinished_count(oid) == 2
 
 
 def test_a_worker_that_cannot_work_exits_non_zero_with_the_reason(home: Path) -> None:
@@ -79,4 +79,4 @@ def test_a_worker_that_cannot_work_exits_non_zero_with_the_reason(home: Path) ->
     missing = worker(home, JOB_NAME="maybe_fail", ORCHESTRATION_ID="")
     assert missing.returncode != 0
     assert "ORCHESTRATION_ID" in missing.stderr
-    assert store.unfinished(oid) == 1  # nothing was touched
+    assert store.unfinished_count(oid) == 1  # nothing was touched

@@ -129,14 +129,14 @@ def create(
 
 def settled(store: SqliteStore, oid: str, timeout: float = 90) -> OrchestrationSnapshot:
     deadline = time.monotonic() + timeout
-    token = store.change_token(oid)
+    token = store.wake_token(oid)
     while True:
         snap = store.get_orchestration(oid)
         if snap.status.terminal and snap.event_published:
             return snap
         left = deadline - time.monotonic()
         assert left > 0, f"orchestration did not settle: {snap}"
-        token = store.wait_for_change(oid, token, min(left, 0.5))
+        token = store.wait_for_wake(oid, token, min(left, 0.5))
 
 
 def wait_for(path: Path, timeout: float = 60) -> dict[str, Any]:
@@ -178,7 +178,7 @@ def test_an_orchestration_is_one_execution_whose_tasks_run_every_instance(
         snap = settled(store, new.id)
         assert snap.status is Status.COMPLETED
         assert snap.counts.succeeded == 8
-        results = [o.result for o in store.outcomes(new.id) if isinstance(o, Success)]
+        results = [o.result for o in store.results(new.id) if isinstance(o, Success)]
         assert sorted(results) == list(range(8))
         assert stopped(launcher, execution)
         assert cloud_run.calls["RunJob"] == 1
@@ -297,7 +297,7 @@ def test_each_execution_of_a_split_orchestration_runs_the_shards_past_its_offset
 
         snap = settled(store, new.id)
         assert snap.status is Status.COMPLETED and snap.counts.succeeded == 8
-        results = [o.result for o in store.outcomes(new.id) if isinstance(o, Success)]
+        results = [o.result for o in store.results(new.id) if isinstance(o, Success)]
         assert sorted(results) == list(range(8))
         assert stopped(launcher, execution)
         assert cloud_run.calls["RunJob"] == 2
@@ -337,7 +337,7 @@ def test_when_a_later_run_job_fails_the_executions_already_started_are_cancelled
         assert not launcher.is_running(first.name)
     started = [int(p.read_text()) for p in tmp_path.glob("running-*")]
     assert not any(Path(f"/proc/{pid}").exists() for pid in started)
-    assert store.unfinished(new.id) == 6  # nothing ran to completion
+    assert store.unfinished_count(new.id) == 6  # nothing ran to completion
 
 
 def test_a_kick_off_whose_later_run_job_is_refused_ends_errored_and_leaves_nothing_running(

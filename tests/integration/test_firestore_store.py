@@ -232,7 +232,7 @@ def test_ten_thousand_instances_kick_off_whole_across_every_shard(fs: FirestoreS
 
     snap = fs.get_orchestration(new.id)
     assert total == snap.counts.total == snap.counts.pending == 10_000
-    assert sum(fs.unfinished(new.id, shard) for shard in range(10)) == 10_000
+    assert sum(fs.unfinished_count(new.id, shard) for shard in range(10)) == 10_000
 
 
 def test_a_refused_kick_off_leaves_no_document_behind(
@@ -290,11 +290,11 @@ def test_a_waiter_hears_instances_move_in_another_process(
     oid = kick_off(fs, n=3)
     worker = FirestoreStore(project)
     try:
-        token = fs.change_token(oid)
+        token = fs.wake_token(oid)
         claimer = threading.Timer(0.2, worker.claim, args=(oid, 0, "task-0"),
                                   kwargs={"limit": 1, "now": T0, "lease": LEASE})
         claimer.start()
-        moved = fs.wait_for_change(oid, token, timeout=10.0)
+        moved = fs.wait_for_wake(oid, token, timeout=10.0)
         claimer.join()
     finally:
         worker.close()
@@ -310,7 +310,7 @@ def test_close_stops_the_listeners(project: str) -> None:
     store = FirestoreStore(project)
     before = listening()
     for _ in range(3):
-        store.change_token(kick_off(store, n=1))
+        store.wake_token(kick_off(store, n=1))
     assert listening() >= before + 3
 
     store.close()
@@ -329,20 +329,20 @@ def test_listeners_of_orchestrations_nobody_asks_about_stop(
     store, other = FirestoreStore(project), FirestoreStore(project)
     try:
         old, kept = kick_off(store, n=1), kick_off(store, n=1)
-        token = store.change_token(old)
-        store.change_token(kept)
+        token = store.wake_token(old)
+        store.wake_token(kept)
         time.sleep(0.6)
 
-        store.change_token(kept)  # any use prunes the idle ones
+        store.wake_token(kept)  # any use prunes the idle ones
 
         assert store._changes.listening == 1
         store.replace_execution(old, None, "executions/e-9")  # its own writes still count...
-        moved = store.change_token(old)  # ...and asking again listens again
+        moved = store.wake_token(old)  # ...and asking again listens again
         assert moved != token and store._changes.listening == 2
         writer = threading.Timer(0.2, other.replace_execution,
                                  args=(old, "executions/e-9", "executions/e-10"))
         writer.start()
-        assert store.wait_for_change(old, moved, timeout=WAIT) != moved  # pushed again
+        assert store.wait_for_wake(old, moved, timeout=WAIT) != moved  # pushed again
         writer.join()
     finally:
         store.close()

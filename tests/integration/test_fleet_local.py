@@ -185,3 +185,20 @@ def test_a_launch_that_fails_ends_the_orchestration_instead_of_leaving_it_runnin
     assert snap.status is Status.ERRORED and snap.counts.failed == 2
     events = [e for _, e in fleet.events() if e.orchestration_id == snap.id]
     assert [e.status for e in events] == [Status.ERRORED]
+
+
+def test_transitions_after_a_stamp_show_each_instance_written_since(fleet: JobFleet) -> None:
+    orchestration = fleet.kick_off("maybe_fail", [{"n": n} for n in range(4)])
+    start = orchestration.change_stamp()
+    orchestration.wait(timeout=60)
+    ended = {i.index: i.status for i in orchestration.transitions(after=start)}
+    assert ended == dict.fromkeys(range(4), Status.COMPLETED)
+    assert orchestration.transitions(after=orchestration.change_stamp()) == []
+
+
+def test_a_handle_reads_nothing_until_it_is_used(fleet: JobFleet) -> None:
+    handle = fleet.handle("no-such-orchestration")
+    with pytest.raises(UnknownOrchestration):
+        handle.status()
+    with pytest.raises(UnknownOrchestration):
+        handle.status_and_results()

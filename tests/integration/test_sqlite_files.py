@@ -73,7 +73,7 @@ def test_a_home_made_by_the_previous_release_opens_and_keeps_its_history(
     claimed = store.claim("o-1", 0, "task-0", limit=1, now=time.time(), lease=30)
 
     assert [c.params for c in claimed] == [{"n": 1}]
-    assert [(i.job_id, str(i.status)) for i in store.instance_changes("o-1", after=0)] == [
+    assert [(i.job_id, str(i.status)) for i in store.changes_after("o-1", after=0)] == [
         ("j-1", "InProgress")
     ]
     assert store.get_orchestration("o-1").counts.in_progress == 1

@@ -83,7 +83,7 @@ def indexes(claims: Sequence[ClaimedInstance]) -> list[int]:
 
 
 def by_index(store: Store, oid: str) -> dict[int, Success | Failure]:
-    return {o.index: o for o in store.outcomes(oid)}
+    return {o.index: o for o in store.results(oid)}
 
 
 def pages_of(store: Store, size: int, **filters: Any) -> list[list[str]]:
@@ -111,10 +111,10 @@ def changes_since(
     """What a poller that last saw `cursor` reads next, by index. It must hold every
     instance written since (`expected`); where `changed` is a writer's clock it may also
     hold some written just before (within `touched`), never an instance nobody wrote."""
-    changes = store.instance_changes(oid, after=cursor - store.change_margin)
+    changes = store.changes_after(oid, after=cursor - store.stamp_margin)
     assert_change_order(changes)
     got = {i.index for i in changes}
-    if store.change_margin == 0:
+    if store.stamp_margin == 0:
         assert got == expected
     else:
         assert expected <= got <= touched
@@ -137,7 +137,7 @@ class TestStoreContract:
         assert snap.tags == {"team": "media"}
         assert snap.created_at == T0
         assert snap.finished_at is None and not snap.event_published
-        assert store.unfinished(new.id) == 5
+        assert store.unfinished_count(new.id) == 5
 
     def test_create_is_all_or_nothing_when_a_parameter_set_is_refused(self, store: Store) -> None:
         params: list[Any] = [{"n": n} for n in range(1200)]
@@ -168,7 +168,7 @@ class TestStoreContract:
         with pytest.raises(UnknownOrchestration, match="'no-such-id'"):
             store.get_orchestration("no-such-id")
         with pytest.raises(UnknownOrchestration):
-            list(store.outcomes("no-such-id"))
+            list(store.results("no-such-id"))
 
     def test_set_execution_is_recorded(self, store: Store) -> None:
         oid = create(store)
@@ -190,7 +190,7 @@ class TestStoreContract:
         assert store.claim(oid, 1, "task-1b", limit=10, now=T0, lease=LEASE) == []
         counts = store.get_orchestration(oid).counts
         assert (counts.in_progress, counts.pending) == (2, 5)
-        assert (store.unfinished(oid, 1), store.unfinished(oid, 0)) == (2, 3)
+        assert (store.unfinished_count(oid, 1), store.unfinished_count(oid, 0)) == (2, 3)
 
     def test_claim_respects_the_limit(self, store: Store) -> None:
         oid = create(store, n=5)
@@ -284,7 +284,7 @@ class TestStoreContract:
         counts = store.get_orchestration(oid).counts
         assert applied == 3
         assert (counts.succeeded, counts.failed, counts.in_progress, counts.pending) == (1, 1, 1, 1)
-        assert store.unfinished(oid) == 2
+        assert store.unfinished_count(oid) == 2
 
     def test_a_stale_owners_write_is_dropped(self, store: Store) -> None:
         oid = create(store, n=1)
@@ -300,7 +300,7 @@ class TestStoreContract:
         assert store.get_orchestration(oid).counts.succeeded == 0
 
         assert store.record_outcomes(oid, [done(fresh, "from the new worker")]) == 1
-        [outcome] = store.outcomes(oid)
+        [outcome] = store.results(oid)
         assert isinstance(outcome, Success)
         assert outcome.result == "from the new worker"
         assert store.get_orchestration(oid).counts.succeeded == 1
@@ -366,18 +366,20 @@ class TestStoreContract:
         assert indexes(orphans) == [0, 2]  # not the Pending 4, not shard 1's live claims
         assert {c.owner for c in orphans} == {"task-0/attempt-0"}
 
-    def test_give_up_errors_every_unfinished_instance_of_a_shard(self, store: Store) -> None:
+    def test_fail_unfinished_errors_every_unfinished_instance_of_a_shard(
+        self, store: Store
+    ) -> None:
         oid = create(store, n=6, shards=2)  # shard 0: 0, 2, 4
         c0, c2 = sorted(
             store.claim(oid, 0, "task-0", limit=2, now=T0, lease=LEASE), key=lambda c: c.index
         )
         store.record_outcomes(oid, [done(c0, "ok")])
 
-        assert store.give_up(oid, 0, LOST, now=T0 + 9) == 2
+        assert store.fail_unfinished(oid, 0, LOST, now=T0 + 9) == 2
 
         counts = store.get_orchestration(oid).counts
         assert (counts.succeeded, counts.failed, counts.pending) == (1, 2, 3)
-        assert (store.unfinished(oid, 0), store.unfinished(oid, 1)) == (0, 3)
+        assert (store.unfinished_count(oid, 0), store.unfinished_count(oid, 1)) == (0, 3)
         results = by_index(store, oid)
         assert isinstance(results[0], Success)
         for index in (2, 4):
@@ -386,7 +388,7 @@ class TestStoreContract:
             assert failure.error == LOST
             assert failure.status is Status.ERRORED
         assert store.record_outcomes(oid, [done(c2, "too late")]) == 0
-        assert store.give_up(oid, 0, LOST, now=T0 + 10) == 0
+        assert store.fail_unfinished(oid, 0, LOST, now=T0 + 10) == 0
 
     # -- ending -----------------------------------------------------------------------------
 
@@ -405,7 +407,7 @@ class TestStoreContract:
         assert snap.finished_at == T0 + 5
         c = snap.counts
         assert (c.succeeded, c.failed, c.cancelled, c.pending, c.in_progress) == (1, 0, 3, 0, 0)
-        assert store.unfinished(oid) == 0
+        assert store.unfinished_count(oid) == 0
         assert store.stale_claims(oid, now=T0 + 1000) == []
         results = by_index(store, oid)
         assert results[0] == Success(c0.job_id, 0, {"n": 0, "tag": "p0"}, "kept")
@@ -463,7 +465,7 @@ class TestStoreContract:
 
     # -- results ----------------------------------------------------------------------------
 
-    def test_outcomes_carry_params_results_errors_and_attempts(self, store: Store) -> None:
+    def test_results_carry_params_results_errors_and_attempts(self, store: Store) -> None:
         oid = create(store, n=4)
         c0, c1, c2, _ = sorted(
             store.claim(oid, 0, "task-0", limit=4, now=T0, lease=LEASE), key=lambda c: c.index
@@ -500,7 +502,7 @@ class TestStoreContract:
         [second] = store.claim(oid, 0, "task-0", limit=1, now=T0, lease=LEASE)
         store.record_outcomes(oid, [done(second, None)])
 
-        [outcome] = store.outcomes(oid)
+        [outcome] = store.results(oid)
 
         assert outcome == Success(first.job_id, 0, {"n": 0, "tag": "p0"}, None)
         counts = store.get_orchestration(oid).counts
@@ -618,13 +620,13 @@ class TestStoreContract:
         store.cancel(oid, now=T0 + 1)
         store.mark_event_published(oid)
         before = store.get_orchestration(oid)
-        results_before = list(store.outcomes(oid))
+        results_before = list(store.results(oid))
         store.close()
 
         reopened = store_factory.open()
 
         assert reopened.get_orchestration(oid) == before
-        assert list(reopened.outcomes(oid)) == results_before
+        assert list(reopened.results(oid)) == results_before
         assert [s.id for s in reopened.list_orchestrations()] == [oid]
 
     # -- instances ---------------------------------------------------------------------------
@@ -720,13 +722,13 @@ class TestStoreContract:
     # Claims, give-ups and cancels are stamped with real clock times here: Firestore stamps
     # outcomes with its own clock, so only real times keep the writes in their true order.
 
-    def test_instance_changes_are_empty_until_an_instance_is_written(self, store: Store) -> None:
+    def test_changes_after_are_empty_until_an_instance_is_written(self, store: Store) -> None:
         oid = create(store, n=4)
 
-        assert store.instance_changes(oid, after=0) == []
+        assert store.changes_after(oid, after=0) == []
 
         store.claim(oid, 0, "task-0", limit=2, now=time.time(), lease=LEASE)
-        seen = store.instance_changes(oid, after=0)
+        seen = store.changes_after(oid, after=0)
 
         assert [(i.index, i.status, i.attempts) for i in seen] == [
             (0, Status.IN_PROGRESS, 1), (1, Status.IN_PROGRESS, 1),
@@ -734,13 +736,13 @@ class TestStoreContract:
         assert all(i.changed > 0 for i in seen)
         assert_change_order(seen)
 
-    def test_instance_changes_from_a_cursor_include_each_later_write(self, store: Store) -> None:
+    def test_changes_after_a_stamp_include_each_later_write(self, store: Store) -> None:
         oid = create(store, n=4)
         c0, c1 = sorted(
             store.claim(oid, 0, "task-0", limit=2, now=time.time(), lease=LEASE),
             key=lambda c: c.index,
         )
-        cursor = max(i.changed for i in store.instance_changes(oid, after=0))
+        cursor = max(i.changed for i in store.changes_after(oid, after=0))
 
         store.record_outcomes(oid, [done(c0, "t0.png")])
         seen = changes_since(store, oid, cursor, expected={0}, touched={0, 1})
@@ -771,7 +773,7 @@ class TestStoreContract:
         [c0] = store.claim(oid, 0, "task-0", limit=1, now=time.time(), lease=LEASE)
         store.claim(oid, 0, "task-0", limit=1, now=time.time(), lease=LEASE)
         store.record_outcomes(oid, [done(c0, "kept")])
-        cursor = max(i.changed for i in store.instance_changes(oid, after=0))
+        cursor = max(i.changed for i in store.changes_after(oid, after=0))
 
         cancelled_at = time.time()
         store.cancel(oid, now=cancelled_at)
@@ -784,13 +786,13 @@ class TestStoreContract:
         if 0 in seen:
             assert (seen[0].status, seen[0].result) == (Status.COMPLETED, "kept")
 
-    def test_give_up_stamps_the_instances_it_errors(self, store: Store) -> None:
+    def test_fail_unfinished_stamps_the_instances_it_errors(self, store: Store) -> None:
         oid = create(store, n=6, shards=2)  # shard 0: 0, 2, 4
         store.claim(oid, 0, "task-0", limit=2, now=time.time(), lease=LEASE)
         store.claim(oid, 1, "task-1", limit=1, now=time.time(), lease=LEASE)
-        cursor = max(i.changed for i in store.instance_changes(oid, after=0))
+        cursor = max(i.changed for i in store.changes_after(oid, after=0))
 
-        store.give_up(oid, 0, LOST, now=time.time())
+        store.fail_unfinished(oid, 0, LOST, now=time.time())
         seen = changes_since(store, oid, cursor, expected={0, 2, 4}, touched={0, 1, 2, 4})
 
         for index in (0, 2, 4):
@@ -802,44 +804,44 @@ class TestStoreContract:
     # -- watching for changes -------------------------------------------------------------------
 
     @pytest.mark.timeout(20)
-    def test_wait_for_change_sees_a_write_from_another_connection(
+    def test_wait_for_wake_sees_a_write_from_another_connection(
         self, store: Store, store_factory: StoreFactory
     ) -> None:
         oid = create(store)
         other = store_factory.open()
-        token = store.change_token(oid)
+        token = store.wake_token(oid)
         writer = threading.Timer(0.1, other.replace_execution, args=(oid, None, "executions/e-1"))
 
         started = time.monotonic()
         writer.start()
-        new_token = store.wait_for_change(oid, token, timeout=10.0)
+        new_token = store.wait_for_wake(oid, token, timeout=10.0)
         waited = time.monotonic() - started
         writer.join()
 
         assert new_token != token
         assert waited < 5.0
         assert store.get_orchestration(oid).execution == "executions/e-1"
-        assert store.change_token(oid) == new_token  # nothing has changed since
+        assert store.wake_token(oid) == new_token  # nothing has changed since
 
     @pytest.mark.timeout(20)
-    def test_wait_for_change_times_out_without_writes(self, store: Store) -> None:
+    def test_wait_for_wake_times_out_without_writes(self, store: Store) -> None:
         oid = create(store)
-        token = store.change_token(oid)
+        token = store.wake_token(oid)
 
         started = time.monotonic()
-        after = store.wait_for_change(oid, token, timeout=0.3)
+        after = store.wait_for_wake(oid, token, timeout=0.3)
         waited = time.monotonic() - started
 
         assert after == token
         assert 0.25 <= waited < 2.0
 
-    def test_change_token_moves_after_a_write_through_the_same_store(self, store: Store) -> None:
+    def test_wake_token_moves_after_a_write_through_the_same_store(self, store: Store) -> None:
         oid = create(store)
-        token = store.change_token(oid)
+        token = store.wake_token(oid)
 
         store.cancel(oid, now=T0)
 
-        assert store.change_token(oid) != token
+        assert store.wake_token(oid) != token
 
     # -- one store object shared by threads (the SDK's *_async methods use threads) -----------
 

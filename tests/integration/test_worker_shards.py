@@ -78,7 +78,7 @@ def test_a_worker_with_a_shard_offset_runs_exactly_the_shard_past_it(
     # The second execution (shards 2 and 3), its task 1: shard 3.
     run_worker(project, oid, task_index=1, offset=2)
     assert {n for n, s in statuses(store, oid).items() if s is Status.COMPLETED} == {3, 7, 11}
-    assert store.unfinished(oid) == 9
+    assert store.unfinished_count(oid) == 9
 
     # Its task 0: shard 2; then the first execution's tasks: shards 0 and 1.
     run_worker(project, oid, task_index=0, offset=2)
@@ -89,6 +89,6 @@ def test_a_worker_with_a_shard_offset_runs_exactly_the_shard_past_it(
         run_worker(project, oid, task_index=task_index, offset=0)
 
     assert set(statuses(store, oid).values()) == {Status.COMPLETED}
-    results = {o.index: o.result for o in store.outcomes(oid) if isinstance(o, Success)}
+    results = {o.index: o.result for o in store.results(oid) if isinstance(o, Success)}
     assert results == {n: n * 10 for n in range(SHARDS * PER_SHARD)}
     assert all(i.attempts == 1 for i in store.list_instances(oid, limit=SHARDS * PER_SHARD))

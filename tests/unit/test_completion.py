@@ -12,7 +12,12 @@ import pytest
 
 from jobfleet.backends.local.events import LocalEventLog
 from jobfleet.backends.local.store import SqliteStore
-from jobfleet.core.completion import abandon, final_status, settle, settle_after_instance
+from jobfleet.core.completion import (
+    final_status,
+    settle,
+    settle_after_instance,
+    settle_without_workers,
+)
 from jobfleet.core.models import (
     WORKER_LOST,
     Counts,
@@ -253,7 +258,7 @@ def test_a_failed_publish_is_retried_by_the_next_settle(
     bus.close()
 
 
-def test_abandon_errors_what_a_lost_execution_left_unfinished_and_announces_it(
+def test_settle_without_workers_errors_what_a_lost_execution_left_unfinished_and_announces_it(
     store: SqliteStore, bus: LocalEventLog
 ) -> None:
     oid = create(store, 5, shards=2)  # shard 0: 0, 2, 4; shard 1: 1, 3
@@ -261,11 +266,11 @@ def test_abandon_errors_what_a_lost_execution_left_unfinished_and_announces_it(
     store.record_outcomes(oid, [Outcome(c0.job_id, 0, c0.owner, Status.COMPLETED, result=1)])
     store.claim(oid, 1, "task-1", limit=1, now=time.time(), lease=30)  # left InProgress
 
-    snap = abandon(store, bus, oid, "execution local-pid-1 ended")
+    snap = settle_without_workers(store, bus, oid, "execution local-pid-1 ended")
 
     assert snap.status is Status.ERRORED
-    assert (snap.counts.succeeded, snap.counts.failed, store.unfinished(oid)) == (1, 4, 0)
-    failures = [o for o in store.outcomes(oid) if isinstance(o, Failure)]
+    assert (snap.counts.succeeded, snap.counts.failed, store.unfinished_count(oid)) == (1, 4, 0)
+    failures = [o for o in store.results(oid) if isinstance(o, Failure)]
     assert sorted(f.index for f in failures) == [1, 2, 3, 4]
     assert {f.error.type for f in failures} == {WORKER_LOST}
     assert {f.error.message for f in failures} == {"execution local-pid-1 ended"}

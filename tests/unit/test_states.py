@@ -6,13 +6,16 @@ import itertools
 
 import pytest
 
-from jobfleet.core.models import Status
+from jobfleet.core.models import TERMINAL, Status
 from jobfleet.core.states import (
     TRANSITIONS,
+    UNFINISHED,
     IllegalTransition,
     became_terminal,
     can_move,
     check_move,
+    in_order,
+    sources,
 )
 
 # docs/design.md, "State": the only moves a job instance may make.
@@ -77,3 +80,26 @@ def test_illegal_transition_is_a_value_error() -> None:
 )
 def test_became_terminal(before: Status | None, after: Status | None, expected: bool) -> None:
     assert became_terminal(before, after) is expected
+
+
+# The stores' conditional writes are derived from the table (core/states.py): these are
+# the conditions they get.
+
+
+def test_unfinished_is_every_status_that_is_not_terminal() -> None:
+    assert UNFINISHED == frozenset(Status) - TERMINAL
+    assert in_order(UNFINISHED) == ["Pending", "InProgress"]
+
+
+@pytest.mark.parametrize("ending", [Status.CANCELLED, Status.ERRORED], ids=str)
+def test_a_cancel_or_a_failed_shard_ends_exactly_the_unfinished(ending: Status) -> None:
+    assert sources(ending) == UNFINISHED
+
+
+def test_a_claim_moves_only_pending_instances() -> None:
+    assert sources(Status.IN_PROGRESS) == {Status.PENDING}
+
+
+@pytest.mark.parametrize("result", [Status.COMPLETED, Status.ERRORED, Status.PENDING], ids=str)
+def test_an_attempts_outcome_is_a_move_out_of_in_progress(result: Status) -> None:
+    assert Status.IN_PROGRESS in sources(result)

@@ -29,7 +29,6 @@ from jobfleet.core.models import (
     OrchestrationSnapshot,
     Status,
 )
-from jobfleet.core.ports import Store
 from jobfleet.errors import WaitTimeout
 from jobfleet.fleet import SWEEP_WHEN_QUIET_SECONDS, Orchestration
 
@@ -90,7 +89,6 @@ class OrchestrationFeed:
         self, orchestration: Orchestration, on_end: Callable[[OrchestrationFeed], None]
     ) -> None:
         self.orchestration = orchestration
-        self._store: Store = orchestration.fleet.backend.store
         self._on_end = on_end
         self._lock = threading.Lock()
         self._subscribers: set[Subscriber] = set()
@@ -136,9 +134,7 @@ class OrchestrationFeed:
 
     def _new_transitions(self, after: float) -> tuple[list[LiveEvent], float]:
         events, cursor = [], after
-        for instance in self._store.instance_changes(
-            self.orchestration.id, after=after - self._store.change_margin
-        ):
+        for instance in self.orchestration.transitions(after=after):
             cursor = max(cursor, instance.changed)
             state = (instance.status, instance.attempts)
             if self._seen.get(instance.job_id) != state:
@@ -149,7 +145,7 @@ class OrchestrationFeed:
     def _follow(self) -> None:
         """Until the end is out or nobody listens: a quiet orchestration's watch is
         restarted every LISTENER_CHECK_SECONDS to see whether anyone still does."""
-        cursor = self._store.change_cursor(self.orchestration.id)
+        cursor = self.orchestration.change_stamp()
         last: OrchestrationSnapshot | None = None
         while True:
             try:
@@ -179,9 +175,7 @@ class OrchestrationFeed:
             }})], final=True)
         finally:
             # This thread is done with the store: the connections it opened go with it.
-            release = getattr(self._store, "release_thread", None)
-            if release is not None:
-                release()
+            self.orchestration.fleet.release_thread()
             self._on_end(self)
 
 
@@ -251,12 +245,11 @@ class LiveHub:
         """The transitions after the client's last event id, and the ids of those up to
         it that the store still shows within its clock margin: the client has them, and
         the feed, which re-reads that margin, must not send them again."""
-        store = orchestration.fleet.backend.store
         stamp, _ = resume
         # From the last event's own stamp on: a change stamps several instances alike.
-        after = math.nextafter(stamp, -math.inf) - store.change_margin
+        after = math.nextafter(stamp, -math.inf)
         backlog, seen = [], set()
-        for instance in store.instance_changes(orchestration.id, after=after):
+        for instance in orchestration.transitions(after=after):
             if (instance.changed, instance.index) > resume:
                 backlog.append(transition(instance))
             else:

@@ -56,7 +56,7 @@ def fleet_of(request: Request) -> JobFleet:
 def read_handle(request: Request, orchestration_id: str) -> Orchestration:
     """A handle for a call that reads the orchestration anyway, and so raises
     UnknownOrchestration itself: `JobFleet.orchestration` would read it once more."""
-    return Orchestration(fleet_of(request), orchestration_id)
+    return fleet_of(request).handle(orchestration_id)
 
 
 def hub_of(request: Request) -> LiveHub:
@@ -152,9 +152,7 @@ def jobs(
 )
 def results(orchestration_id: str, request: Request) -> dict[str, Any]:
     """What has finished so far; `complete` says whether that is everything."""
-    handle = read_handle(request, orchestration_id)
-    snap = handle.status()
-    successes, failures = handle.results_so_far()
+    snap, (successes, failures) = read_handle(request, orchestration_id).status_and_results()
     return {
         "orchestration_id": orchestration_id,
         "status": str(snap.status),

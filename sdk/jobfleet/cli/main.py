@@ -196,7 +196,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             print("stopped the dev stack" if stopped else "no dev stack was running",
                   file=sys.stderr)
             return EXIT_OK
-        print("starting the emulators, the Cloud Run stand-in, the function and the bridge"
+        print("starting the emulators, the Cloud Run stand-in, the function and the trigger relay"
               " ...", file=sys.stderr)
         running = stack.up(state, project=args.project, parallelism=args.parallelism,
                            sweep_every=args.sweep_every)

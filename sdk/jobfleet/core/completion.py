@@ -76,16 +76,18 @@ def settle_after_instance(
     last two shards finish at once, each caller settles after its own write is
     committed, so the later one sees every shard done.
     """
-    if store.unfinished(orchestration_id, shard):
+    if store.unfinished_count(orchestration_id, shard):
         return None
     return settle(store, bus, orchestration_id)
 
 
-def abandon(store: Store, bus: EventBus, orchestration_id: str, why: str) -> OrchestrationSnapshot:
+def settle_without_workers(
+    store: Store, bus: EventBus, orchestration_id: str, why: str
+) -> OrchestrationSnapshot:
     """No worker will ever run what is unfinished (a launch failed; executions stopped
     making progress): it ends Errored (WorkerLost), so that nothing stays InProgress
     forever, and the end is announced."""
     error = ErrorInfo(type=WORKER_LOST, message=why)
     for shard in store.unfinished_shards(orchestration_id):
-        store.give_up(orchestration_id, shard, error, now=time.time())
+        store.fail_unfinished(orchestration_id, shard, error, now=time.time())
     return settle(store, bus, orchestration_id)

@@ -47,8 +47,9 @@ class ErrorInfo:
 
 WORKER_LOST = "WorkerLost"
 
-# A JobCompletedEvent's fixed Pub/Sub attributes; tags become attributes beside them.
-EVENT_ATTRIBUTES = frozenset({"event_id", "orchestration_id", "job_name", "status"})
+# A JobCompletedEvent's fields that are also its Pub/Sub attributes
+# (`JobCompletedEvent.attributes`); tags become attributes beside them.
+EVENT_ATTRIBUTES = ("event_id", "orchestration_id", "job_name", "status")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,20 @@ class Counts:
     @property
     def done(self) -> int:
         return self.succeeded + self.failed + self.cancelled
+
+    @classmethod
+    def from_sums(
+        cls, status: Status, *, total: int, in_progress: int, succeeded: int, failed: int,
+        cancelled: int,
+    ) -> Counts:
+        """The counts of an orchestration in `status` from what the stores keep: no
+        Pending counter (it is what is left) and nothing in progress once it has ended."""
+        in_progress = 0 if status.terminal else in_progress
+        done = succeeded + failed + cancelled
+        return cls(
+            total=total, pending=max(0, total - done - in_progress), in_progress=in_progress,
+            succeeded=succeeded, failed=failed, cancelled=cancelled,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +184,7 @@ class JobInstance:
     """One instance as the API and the dashboard show it.
 
     `changed` orders an orchestration's instances by their latest write: a commit
-    sequence in SQLite, the writer's clock in Firestore (see `Store.change_margin`).
+    sequence in SQLite, the writer's clock in Firestore (see `Store.stamp_margin`).
     """
 
     job_id: str
@@ -228,6 +243,22 @@ class Failure:
         }
 
 
+# What a Cancelled instance reports as its error: the store keeps none for it.
+CANCELLED_ERROR = ErrorInfo(type="Cancelled", message="the orchestration was cancelled")
+
+
+def ended(
+    job_id: str, index: int, params: JsonObject, status: Status, *, result: Any,
+    error: ErrorInfo | None, attempts: int,
+) -> Success | Failure:
+    """A terminal instance as a result: a Success, or a Failure with its error (a
+    Cancelled one gets CANCELLED_ERROR)."""
+    if status is Status.COMPLETED:
+        return Success(job_id, index, params, result)
+    info = error if error is not None and status is Status.ERRORED else CANCELLED_ERROR
+    return Failure(job_id, index, params, info, attempts, status)
+
+
 @dataclass(frozen=True, slots=True)
 class JobCompletedEvent:
     """Announced once per orchestration when every instance is terminal."""
@@ -264,6 +295,11 @@ class JobCompletedEvent:
             created_at=snap.created_at,
             finished_at=snap.finished_at or 0.0,
         )
+
+    def attributes(self) -> dict[str, str]:
+        """The message attributes a subscription filters on: one per tag, then the
+        event's own fields (which a tag may not shadow)."""
+        return {**self.tags, **{name: str(getattr(self, name)) for name in EVENT_ATTRIBUTES}}
 
     def to_json(self) -> JsonObject:
         data = asdict(self)

@@ -62,15 +62,19 @@ class Store(Protocol):
     ) -> list[JobInstance]:
         """Instances by index, from `after_index + 1`; raises UnknownOrchestration."""
 
-    change_margin: float
-    """How far back `instance_changes` callers must look again to miss no change: 0 where
+    # Change stamps order an orchestration's instance writes (`JobInstance.changed`), so
+    # that a reader can ask for what changed after a stamp. (Not to be confused with the
+    # wake token below, which only says that something was written.)
+
+    stamp_margin: float
+    """How far back `changes_after` callers must look again to miss no change: 0 where
     `changed` is a commit sequence, a few seconds where it is a writer's clock."""
 
-    def instance_changes(self, orchestration_id: str, *, after: float) -> list[JobInstance]:
+    def changes_after(self, orchestration_id: str, *, after: float) -> list[JobInstance]:
         """Instances whose latest write is stamped `changed > after`, in that order."""
 
-    def change_cursor(self, orchestration_id: str) -> float:
-        """A `changed` stamp at least as late as every instance write so far."""
+    def change_stamp(self, orchestration_id: str) -> float:
+        """A change stamp at least as late as every instance write so far."""
 
     def replace_execution(
         self, orchestration_id: str, expected: str | None, execution: str, *, progress: int = 0
@@ -120,12 +124,12 @@ class Store(Protocol):
         Pending outcome with `refund` gives its attempt back; with `isolate`, the instance
         is claimed alone from then on."""
 
-    def give_up(
+    def fail_unfinished(
         self, orchestration_id: str, shard: int, error: ErrorInfo, *, now: float
     ) -> int:
-        """Mark every unfinished instance of `shard` Errored: its task is out of attempts."""
+        """Mark every unfinished instance of `shard` Errored with `error`; returns how many."""
 
-    def unfinished(self, orchestration_id: str, shard: int | None = None) -> int:
+    def unfinished_count(self, orchestration_id: str, shard: int | None = None) -> int:
         """How many instances (of `shard`, or of all) are not yet terminal."""
 
     def next_ready_at(self, orchestration_id: str, shard: int) -> float | None:
@@ -147,15 +151,17 @@ class Store(Protocol):
 
     def mark_event_published(self, orchestration_id: str) -> None: ...
 
-    def outcomes(self, orchestration_id: str) -> Iterator[Success | Failure]:
-        """Every terminal instance, as a Success or a Failure with its original params."""
+    def results(self, orchestration_id: str) -> Iterator[Success | Failure]:
+        """Every terminal instance, as a Success or a Failure with its original params
+        (what the `Outcome`s given to `record_outcomes` came to)."""
 
-    def change_token(self, orchestration_id: str) -> int:
+    def wake_token(self, orchestration_id: str) -> int:
         """An opaque value that differs after any write to the orchestration or its
-        instances, by any process (it may also move on other writes)."""
+        instances, by any process (it may also move on other writes): something to wait
+        on, not an order."""
 
-    def wait_for_change(self, orchestration_id: str, token: int, timeout: float) -> int:
-        """Block until the change token differs from `token` (or timeout); return it.
+    def wait_for_wake(self, orchestration_id: str, token: int, timeout: float) -> int:
+        """Block until the wake token differs from `token` (or timeout); return it.
 
         Pushed where the store can (a Firestore listener), never a busy loop.
         """

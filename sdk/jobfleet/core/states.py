@@ -1,4 +1,10 @@
-"""The instance state machine: which transitions are legal."""
+"""The instance state machine: which transitions are legal.
+
+`TRANSITIONS` is the one statement of the instance moves (docs/design.md, State). The
+stores do not check each move against it; they make every move a conditional write
+whose condition is derived from it: a claim moves what is `claimable`, a cancel or a
+failed shard ends what is `UNFINISHED`, an outcome applies to what is InProgress.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,22 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.ERRORED: frozenset(),
     Status.CANCELLED: frozenset(),
 }
+
+
+# The statuses an instance can still leave: what a cancel ends, and what a shard whose
+# workers are gone fails. Every other status is terminal (`Status.terminal`).
+UNFINISHED = frozenset(status for status, targets in TRANSITIONS.items() if targets)
+
+
+def sources(target: Status) -> frozenset[Status]:
+    """The statuses from which an instance may move to `target`: the condition of the
+    store write that makes the move."""
+    return frozenset(status for status, targets in TRANSITIONS.items() if target in targets)
+
+
+def in_order(statuses: frozenset[Status]) -> list[str]:
+    """Status values in their declared order, for a query's `IN` list."""
+    return [status.value for status in Status if status in statuses]
 
 
 class IllegalTransition(ValueError):

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from jobfleet.core.completion import abandon, settle
+from jobfleet.core.completion import settle, settle_without_workers
 from jobfleet.core.models import NewOrchestration, OrchestrationSnapshot, Status
 from jobfleet.core.ports import EventBus, Launcher, Store
 from jobfleet.core.recovery import Owner, held_by, lost_worker_outcomes
@@ -128,7 +128,7 @@ def execution_ended(ports: Ports, snap: OrchestrationSnapshot, why: str) -> str:
         return NOTHING
     if store.progress(snap.id) > current.launch_progress:
         return RECOVERED if relaunch(ports, current, shards) else NOTHING
-    abandon(store, ports.bus, snap.id,
+    settle_without_workers(store, ports.bus, snap.id,
             f"{why} and made no progress since it was launched; the workers' output says"
             " why (`jobfleet logs` or the execution's logs)")
     return ENDED

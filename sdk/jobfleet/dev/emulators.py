@@ -3,7 +3,7 @@
 The Firestore emulator is started from its own binary rather than through `gcloud`,
 because only the binary takes `--functions_emulator`: the address it POSTs an event
 to for each write that matches a registered Eventarc trigger (the trigger relay in
-`jobfleet.dev.bridge`). Each emulator starts in a process group of its own and
+`jobfleet.dev.relay`). Each emulator starts in a process group of its own and
 stopping it ends the whole group (`gcloud` leaves its Java child running when it
 alone is killed): no run leaks a server or a port.
 """
@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,12 +41,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def answers(host_port: str) -> bool:
+def responds(url: str, *, ok_only: bool = False) -> bool:
+    """Whether a server is listening at `url`: any HTTP answer, even an error status,
+    says so (with `ok_only`, only a 200 does)."""
     try:
-        with urllib.request.urlopen(f"http://{host_port}/", timeout=1) as reply:
-            return bool(reply.status == 200)
+        with urllib.request.urlopen(url, timeout=1) as reply:
+            return not ok_only or bool(reply.status == 200)
+    except urllib.error.HTTPError:
+        return not ok_only
     except OSError:
         return False
+
+
+def answers(host_port: str) -> bool:
+    """Whether an emulator at `host_port` is up: it answers 200 at its root."""
+    return responds(f"http://{host_port}/", ok_only=True)
 
 
 def _group_alive(leader: int | subprocess.Popen[Any]) -> bool:

@@ -18,21 +18,20 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobfleet import cloud_function
 from jobfleet.config import DEFAULT_CLOUD_RUN_JOB, DEFAULT_REGION, DEFAULT_TOPIC
-from jobfleet.dev.bridge import add_route, remove_route
 from jobfleet.dev.emulators import (
     answers,
     firestore_emulator,
     free_port,
     pubsub_emulator,
+    responds,
     stop_groups,
 )
+from jobfleet.dev.relay_http import add_route, remove_route
 from jobfleet.dev.sweeper import DEFAULT_EVERY_SECONDS
 from jobfleet.errors import ConfigurationError
 
@@ -40,17 +39,6 @@ DEFAULT_PROJECT = "jobfleet-dev"
 READY_TIMEOUT = 90.0
 RELAY = "JOBFLEET_TRIGGER_RELAY"
 FUNCTION = "function"  # the part stopped first, so that no invocation meets a stopped emulator
-
-
-def _responds(url: str) -> bool:
-    """Any HTTP answer, even an error status, means the server is listening."""
-    try:
-        with urllib.request.urlopen(url, timeout=1):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except OSError:
-        return False
 
 
 @dataclass
@@ -103,7 +91,7 @@ class Stack:
                 os.killpg(self.groups[part], 0)
             except ProcessLookupError:
                 break
-            if _responds(ready):
+            if responds(ready):
                 return
             time.sleep(0.1)
         tail = (self.state_dir / f"{part}.log").read_text(errors="replace")[-1500:]
@@ -161,7 +149,7 @@ def _start(stack: Stack, project: str, parallelism: int, sweep_every: float) -> 
     given_firestore = os.environ.get("FIRESTORE_EMULATOR_HOST")
     given_relay = (os.environ.get(RELAY) or "").rstrip("/")
     if given_firestore and answers(given_firestore):
-        if not (given_relay and _responds(f"{given_relay}/_bridge/stats")):
+        if not (given_relay and responds(f"{given_relay}/_relay/stats")):
             raise ConfigurationError(
                 f"FIRESTORE_EMULATOR_HOST={given_firestore} answers, but no trigger relay "
                 f"answers at {RELAY}={given_relay or '(unset)'}: the emulator sends its "
@@ -174,13 +162,13 @@ def _start(stack: Stack, project: str, parallelism: int, sweep_every: float) -> 
         firestore = firestore_emulator(stack.state_dir, relay=f"127.0.0.1:{relay_port}")
         stack.spawn("firestore-emulator", firestore.command, {})
         stack.spawn("relay", [
-            sys.executable, "-m", "jobfleet.dev.bridge", "--port", str(relay_port),
+            sys.executable, "-m", "jobfleet.dev.relay", "--port", str(relay_port),
             "--firestore", firestore.host_port,
         ], {})
         env["FIRESTORE_EMULATOR_HOST"] = firestore.host_port
         env[RELAY] = f"http://127.0.0.1:{relay_port}"
         waits += [("firestore-emulator", f"http://{firestore.host_port}/"),
-                  ("relay", f"{env[RELAY]}/_bridge/stats")]
+                  ("relay", f"{env[RELAY]}/_relay/stats")]
     given_pubsub = os.environ.get("PUBSUB_EMULATOR_HOST")
     if given_pubsub and answers(given_pubsub):
         env["PUBSUB_EMULATOR_HOST"] = given_pubsub

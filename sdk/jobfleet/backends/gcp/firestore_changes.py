@@ -1,4 +1,4 @@
-"""Change tokens of the Firestore store: pushed by listeners, never polled.
+"""Wake tokens of the Firestore store (`Store.wake_token`): pushed by listeners, never polled.
 
 `watch()` and the API's server-sent events wait on these. A listener per watched
 orchestration, on its document and on its shard counters (which change with every
@@ -53,7 +53,7 @@ class OrchestrationListener:
 
 
 class ChangeFeed:
-    """Change tokens per orchestration, moved by Firestore listeners (pushed, no polling)
+    """Wake tokens per orchestration, moved by Firestore listeners (pushed, no polling)
     and by this store's own writes (so that those show at once).
 
     A long-lived process (the API server) follows many orchestrations in turn, so the

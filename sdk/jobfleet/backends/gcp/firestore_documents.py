@@ -24,6 +24,7 @@ from typing import Any
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_document import DocumentSnapshot
 
+from jobfleet.core import models, states
 from jobfleet.core.models import (
     ClaimedInstance,
     Counts,
@@ -37,7 +38,9 @@ from jobfleet.core.models import (
     RunOptions,
     Status,
     Success,
+    ended,
 )
+from jobfleet.core.states import in_order
 
 ORCHESTRATIONS = "jobfleet_orchestrations"
 JOBS = "jobs"
@@ -47,9 +50,11 @@ LEASES = "jobfleet_leases"
 MAX_WRITES = 500  # Firestore's limit per commit
 COMMITS_IN_FLIGHT = 4  # batched commits sent at once while a kick-off streams
 
+# The statuses of the core state machine (core/states.py) as the stored values that the
+# queries and conditional writes compare with.
 PENDING, IN_PROGRESS = Status.PENDING.value, Status.IN_PROGRESS.value
-UNFINISHED = [PENDING, IN_PROGRESS]
-TERMINAL = [Status.COMPLETED.value, Status.ERRORED.value, Status.CANCELLED.value]
+UNFINISHED = in_order(states.UNFINISHED)  # what a cancel or a failed shard ends (`sources`)
+TERMINAL = in_order(models.TERMINAL)
 # The shard counter an instance in a status counts towards (Pending is what is left).
 COUNTER = {
     IN_PROGRESS: "in_progress",
@@ -165,6 +170,12 @@ def new_shard(total: int) -> JsonObject:
     return {"total": total, **dict.fromkeys(COUNTER.values(), 0)}
 
 
+def unfinished_in(counters: JsonObject) -> int:
+    """How many instances a shard's counters (or their sums) say are not yet terminal."""
+    done = sum(int(counters.get(COUNTER[status], 0)) for status in TERMINAL)
+    return int(counters.get("total", 0)) - done
+
+
 def new_job(o: NewOrchestration, instance: NewInstance) -> JsonObject:
     """Params and results are JSON text, as in SQLite: Firestore holds no nested arrays
     and does not keep a map's key order."""
@@ -192,19 +203,15 @@ def new_job(o: NewOrchestration, instance: NewInstance) -> JsonObject:
 
 
 def orchestration_snapshot(doc: Snapshot, sums: dict[str, int]) -> OrchestrationSnapshot:
-    """`sums` are the shard counters added up; as in SQLite, an orchestration that has
-    ended shows nothing in progress."""
+    """`sums` are the shard counters added up (see `Counts.from_sums`)."""
     data = doc.to_dict() or {}
     status = Status(data["status"])
-    total = int(data["total"])
-    in_progress = sums["in_progress"] if status is Status.IN_PROGRESS else 0
-    done = sums["succeeded"] + sums["failed"] + sums["cancelled"]
     return OrchestrationSnapshot(
         id=doc.id,
         job_name=data["job_name"],
         status=status,
-        counts=Counts(
-            total=total, pending=max(0, total - done - in_progress), in_progress=in_progress,
+        counts=Counts.from_sums(
+            status, total=int(data["total"]), in_progress=sums["in_progress"],
             succeeded=sums["succeeded"], failed=sums["failed"], cancelled=sums["cancelled"],
         ),
         options=RunOptions(
@@ -242,16 +249,11 @@ def job_instance(doc: Snapshot) -> JobInstance:
     )
 
 
-def outcome(doc: Snapshot) -> Success | Failure:
+def instance_result(doc: Snapshot) -> Success | Failure:
     data = doc.to_dict() or {}
-    status = Status(data["status"])
-    params = json.loads(data["params"])
-    if status is Status.COMPLETED:
-        return Success(doc.id, data["index"], params, json.loads(data["result"] or "null"))
-    error = data["error"]
-    info = (
-        ErrorInfo.from_json(error)
-        if error and status is Status.ERRORED
-        else ErrorInfo(type="Cancelled", message="the orchestration was cancelled")
+    return ended(
+        doc.id, data["index"], json.loads(data["params"]), Status(data["status"]),
+        result=json.loads(data["result"] or "null"),
+        error=ErrorInfo.from_json(data["error"]) if data["error"] else None,
+        attempts=data["attempts"],
     )
-    return Failure(doc.id, data["index"], params, info, data["attempts"], status)

@@ -47,17 +47,6 @@ def subscription_path(project: str, subscription: str) -> str:
     return f"projects/{project}/subscriptions/{subscription}"
 
 
-def event_attributes(event: JobCompletedEvent) -> dict[str, str]:
-    """One attribute per tag, then the event's own fields (which a tag may not shadow)."""
-    return {
-        **event.tags,
-        "event_id": event.event_id,
-        "orchestration_id": event.orchestration_id,
-        "job_name": event.job_name,
-        "status": str(event.status),
-    }
-
-
 def decode(data: bytes) -> JobCompletedEvent:
     return JobCompletedEvent.from_json(json.loads(data))
 
@@ -121,7 +110,7 @@ class PubSubEventBus:
 
     def publish(self, event: JobCompletedEvent) -> None:
         data = json.dumps(event.to_json()).encode()
-        attributes = event_attributes(event)
+        attributes = event.attributes()
         try:
             try:
                 self._send(data, attributes)

@@ -82,7 +82,7 @@ INSTANCE_COLUMNS = (
 )
 # The next change stamp of an orchestration's instances, bumped once per statement (its
 # first parameter is the orchestration id). Writes are serialized (BEGIN IMMEDIATE), so
-# stamps follow commit order and `instance_changes` readers need no margin.
+# stamps follow commit order and `changes_after` readers need no margin.
 STAMP = "(SELECT version FROM orchestrations WHERE id = ?)"
 
 

@@ -1,22 +1,18 @@
 """The embedded store: one SQLite file (WAL) shared by every process using the same home.
 
 The schema (schema.py) mirrors the Firestore layout. Writes take the database lock up front
-(`BEGIN IMMEDIATE`) so that concurrent workers queue instead of deadlocking.
+(`BEGIN IMMEDIATE`, connections.py) so that concurrent workers queue instead of deadlocking.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import sys
-import threading
 import time
-import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from jobfleet.backends.local.connections import SqliteConnections
 from jobfleet.backends.local.schema import (
     INSTANCE_COLUMNS,
     ORCHESTRATION_COLUMNS,
@@ -26,6 +22,7 @@ from jobfleet.backends.local.schema import (
     next_stamp,
 )
 from jobfleet.core.models import (
+    TERMINAL,
     ClaimedInstance,
     Counts,
     ErrorInfo,
@@ -38,138 +35,43 @@ from jobfleet.core.models import (
     RunOptions,
     Status,
     Success,
+    ended,
 )
+from jobfleet.core.states import UNFINISHED, in_order
 from jobfleet.errors import InvalidParams, UnknownOrchestration
 
 _DONE_COLUMN = {Status.COMPLETED: "succeeded", Status.ERRORED: "failed"}
-LOCK_PATIENCE = 3600.0  # seconds of waiting for the write lock before giving up
+
+
+def _sql(*statuses: Status) -> str:
+    """Status values as SQL literals: one, or an `IN` list in their declared order."""
+    if len(statuses) == 1:
+        return f"'{statuses[0].value}'"
+    return "(" + ", ".join(f"'{value}'" for value in in_order(frozenset(statuses))) + ")"
+
+
+# The statuses of the core state machine (core/states.py) as the statements' conditions.
+# Written into the SQL rather than bound: SQLite uses a partial index only for literals.
+PENDING, IN_PROGRESS = _sql(Status.PENDING), _sql(Status.IN_PROGRESS)
+ERRORED, CANCELLED = _sql(Status.ERRORED), _sql(Status.CANCELLED)
+UNFINISHED_SQL = _sql(*UNFINISHED)  # what a cancel or a failed shard ends (`sources`)
+ENDED = _sql(*TERMINAL)
 # A reaper that waited this long for the write lock saw leases expire only because no
 # heartbeat could be written either: it reaps nothing until the heartbeats are through.
 LOCK_BLACKOUT = 1.0
 
 
-class SqliteStore:
+class SqliteStore(SqliteConnections):
     """Safe to share between threads: each thread gets connections of its own."""
 
-    change_margin = 0.0  # `changed` is a per-orchestration commit sequence
+    stamp_margin = 0.0  # `changed` is a per-orchestration commit sequence
 
     def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._opened: set[sqlite3.Connection] = set()
-        self._opened_lock = threading.Lock()
+        super().__init__(path)
         self._blackout_until = 0.0
-        self._use_wal()
         with self._write() as db:
             create_schema(db)
 
-    # -- plumbing -------------------------------------------------------------
-
-    def _use_wal(self, patience: float = 10.0) -> None:
-        """Switch a new file to WAL (persistent). SQLite answers 'locked' at once, without
-        waiting, when another process is creating the same file, so wait here."""
-        deadline = time.monotonic() + patience
-        while True:
-            try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
-
-    class _Held:
-        """One thread's connections. When the thread ends its thread-local slot, and so
-        this, is dropped, and a finalizer closes them: a store shared by short-lived
-        threads (a server's request pool, its live feeds) keeps no file open for them."""
-
-        __slots__ = ("__weakref__", "db", "watch")
-
-        def __init__(self) -> None:
-            self.db: sqlite3.Connection | None = None
-            self.watch: sqlite3.Connection | None = None
-
-    def _held(self) -> _Held:
-        held: SqliteStore._Held | None = getattr(self._local, "held", None)
-        if held is None:
-            held = self._local.held = SqliteStore._Held()
-        return held
-
-    def _connect(self, held: _Held) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0,
-                             check_same_thread=False)
-        db.execute("PRAGMA synchronous=NORMAL")
-        with self._opened_lock:
-            self._opened.add(db)
-        weakref.finalize(held, SqliteStore._forget, self._opened, self._opened_lock, db)
-        return db
-
-    @staticmethod
-    def _forget(
-        opened: set[sqlite3.Connection], lock: threading.Lock, db: sqlite3.Connection
-    ) -> None:
-        with lock:
-            opened.discard(db)
-        db.close()
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        held = self._held()
-        if held.db is None:
-            held.db = self._connect(held)
-        return held.db
-
-    @property
-    def _watch(self) -> sqlite3.Connection:
-        """A connection that never writes, so its data_version moves on every commit,
-        this store's own included."""
-        held = self._held()
-        if held.watch is None:
-            held.watch = self._connect(held)
-        return held.watch
-
-    def release_thread(self) -> None:
-        """Close the calling thread's connections now (a thread that is done with the
-        store); the next call from this thread opens new ones."""
-        held: SqliteStore._Held | None = getattr(self._local, "held", None)
-        self._local.held = None
-        for db in (held.db, held.watch) if held is not None else ():
-            if db is not None:
-                SqliteStore._forget(self._opened, self._opened_lock, db)
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        self._begin()
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
-    def _begin(self) -> float:
-        """Take the write lock, waiting out another process that holds it for long (a
-        worker must not crash because a neighbour is slow); returns the seconds waited."""
-        started = time.monotonic()
-        while True:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                return time.monotonic() - started
-            except sqlite3.OperationalError as exc:
-                waited = time.monotonic() - started
-                if "locked" not in str(exc) or waited > LOCK_PATIENCE:
-                    raise
-                print(f"jobfleet: {self.path} has been locked by another process for"
-                      f" {waited:.0f} s; still waiting", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        with self._opened_lock:
-            opened = list(self._opened)
-            self._opened.clear()
-        for db in opened:
-            db.close()
-        self._local = threading.local()
 
     # -- orchestrations ---------------------------------------------------------
 
@@ -250,14 +152,13 @@ class SqliteStore:
                 "SELECT COUNT(*) FROM jobs WHERE orchestration_id = ? AND status = ?",
                 (oid, Status.IN_PROGRESS.value),
             ).fetchone()[0]
-        done = succeeded + failed + cancelled
         return OrchestrationSnapshot(
             id=oid,
             job_name=job_name,
             status=Status(status),
-            counts=Counts(
-                total=total, pending=max(0, total - done - in_progress), in_progress=in_progress,
-                succeeded=succeeded, failed=failed, cancelled=cancelled,
+            counts=Counts.from_sums(
+                Status(status), total=total, in_progress=in_progress, succeeded=succeeded,
+                failed=failed, cancelled=cancelled,
             ),
             options=RunOptions(
                 retries=retries, backoff=backoff, timeout=timeout, parallelism=parallelism
@@ -286,14 +187,14 @@ class SqliteStore:
     def unsettled_orchestrations(self) -> list[OrchestrationSnapshot]:
         rows = self._db.execute(
             f"SELECT {ORCHESTRATION_COLUMNS} FROM orchestrations"
-            " WHERE status = 'InProgress' OR event_published = 0 ORDER BY created_at"
+            f" WHERE status = {IN_PROGRESS} OR event_published = 0 ORDER BY created_at"
         ).fetchall()
         return [self._snapshot(r) for r in rows]
 
     def progress(self, orchestration_id: str) -> int:
         row = self._db.execute(
             "SELECT COALESCE(SUM(attempts), 0) + COALESCE(SUM(isolated), 0)"
-            " + COALESCE(SUM(status IN ('Completed', 'Errored', 'Cancelled')), 0)"
+            f" + COALESCE(SUM(status IN {ENDED}), 0)"
             " FROM jobs WHERE orchestration_id = ?",
             (orchestration_id,),
         ).fetchone()
@@ -302,7 +203,7 @@ class SqliteStore:
     def unfinished_shards(self, orchestration_id: str) -> list[int]:
         rows = self._db.execute(
             "SELECT DISTINCT shard FROM jobs WHERE orchestration_id = ?"
-            " AND status IN ('Pending', 'InProgress') ORDER BY shard",
+            f" AND status IN {UNFINISHED_SQL} ORDER BY shard",
             (orchestration_id,),
         ).fetchall()
         return [int(r[0]) for r in rows]
@@ -317,7 +218,7 @@ class SqliteStore:
         with self._write() as db:
             ready = db.execute(
                 f"SELECT idx, isolated FROM jobs WHERE orchestration_id = ? AND {which}"
-                " AND status = 'Pending' AND not_before <= ? ORDER BY not_before, idx LIMIT ?",
+                f" AND status = {PENDING} AND not_before <= ? ORDER BY not_before, idx LIMIT ?",
                 (orchestration_id, key, now, limit),
             ).fetchall()
             alone = [idx for idx, isolated in ready if isolated]
@@ -326,7 +227,7 @@ class SqliteStore:
                 return []
             next_stamp(db, orchestration_id)
             rows = db.execute(
-                "UPDATE jobs SET status = 'InProgress', attempts = attempts + 1, owner = ?,"
+                f"UPDATE jobs SET status = {IN_PROGRESS}, attempts = attempts + 1, owner = ?,"
                 f" lease_until = ?, started_at = ?, changed = {STAMP}"
                 " WHERE orchestration_id = ? AND idx IN"
                 f" ({', '.join('?' * len(chosen))}) RETURNING job_id, idx, params, attempts",
@@ -338,7 +239,7 @@ class SqliteStore:
     def heartbeat(self, owner: str, *, now: float, lease: float) -> int:
         with self._write() as db:
             return db.execute(
-                "UPDATE jobs SET lease_until = ? WHERE owner = ? AND status = 'InProgress'",
+                f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND status = {IN_PROGRESS}",
                 (now + lease, owner),
             ).rowcount
 
@@ -350,7 +251,7 @@ class SqliteStore:
         they have (LOCK_BLACKOUT)."""
         sql = (
             "SELECT job_id, idx, params, attempts, owner FROM jobs WHERE orchestration_id = ?"
-            " AND status = 'InProgress' AND "
+            f" AND status = {IN_PROGRESS} AND "
         )
         waited = self._begin()
         try:
@@ -396,7 +297,7 @@ class SqliteStore:
                     " finished_at = ?, attempts = attempts - ?, isolated = MAX(isolated, ?),"
                     f" owner = NULL, lease_until = NULL, changed = {STAMP}"
                     " WHERE orchestration_id = ? AND idx = ? AND owner = ?"
-                    " AND status = 'InProgress'",
+                    f" AND status = {IN_PROGRESS}",
                     rows,
                 )
                 applied += cur.rowcount
@@ -408,10 +309,10 @@ class SqliteStore:
                     )
         return applied
 
-    def unfinished(self, orchestration_id: str, shard: int | None = None) -> int:
+    def unfinished_count(self, orchestration_id: str, shard: int | None = None) -> int:
         sql = (
             "SELECT COUNT(*) FROM jobs WHERE orchestration_id = ?"
-            " AND status IN ('Pending', 'InProgress')"
+            f" AND status IN {UNFINISHED_SQL}"
         )
         if shard is None:
             return int(self._db.execute(sql, (orchestration_id,)).fetchone()[0])
@@ -421,20 +322,20 @@ class SqliteStore:
     def next_ready_at(self, orchestration_id: str, shard: int) -> float | None:
         row = self._db.execute(
             "SELECT MIN(not_before) FROM jobs WHERE orchestration_id = ? AND shard = ?"
-            " AND status = 'Pending'",
+            f" AND status = {PENDING}",
             (orchestration_id, shard),
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
-    def give_up(
+    def fail_unfinished(
         self, orchestration_id: str, shard: int, error: ErrorInfo, *, now: float
     ) -> int:
         with self._write() as db:
             next_stamp(db, orchestration_id)
             failed = db.execute(
-                "UPDATE jobs SET status = 'Errored', error = ?, finished_at = ?, owner = NULL,"
+                f"UPDATE jobs SET status = {ERRORED}, error = ?, finished_at = ?, owner = NULL,"
                 f" lease_until = NULL, changed = {STAMP} WHERE orchestration_id = ?"
-                " AND shard = ? AND status IN ('Pending', 'InProgress')",
+                f" AND shard = ? AND status IN {UNFINISHED_SQL}",
                 (json.dumps(error.to_json()), now, orchestration_id, orchestration_id, shard),
             ).rowcount
             if failed:
@@ -457,13 +358,13 @@ class SqliteStore:
                 return False
             next_stamp(db, orchestration_id)
             cancelled = db.execute(
-                "UPDATE jobs SET status = 'Cancelled', finished_at = ?, owner = NULL,"
+                f"UPDATE jobs SET status = {CANCELLED}, finished_at = ?, owner = NULL,"
                 f" lease_until = NULL, changed = {STAMP} WHERE orchestration_id = ?"
-                " AND status IN ('Pending', 'InProgress')",
+                f" AND status IN {UNFINISHED_SQL}",
                 (now, orchestration_id, orchestration_id),
             ).rowcount
             db.execute(
-                "UPDATE orchestrations SET cancelled = cancelled + ?, status = 'Cancelled',"
+                f"UPDATE orchestrations SET cancelled = cancelled + ?, status = {CANCELLED},"
                 " finished_at = ? WHERE id = ?",
                 (cancelled, now, orchestration_id),
             )
@@ -474,7 +375,7 @@ class SqliteStore:
             return (
                 db.execute(
                     "UPDATE orchestrations SET status = ?, finished_at = ?"
-                    " WHERE id = ? AND status = 'InProgress'",
+                    f" WHERE id = ? AND status = {IN_PROGRESS}",
                     (status.value, now, orchestration_id),
                 ).rowcount
                 == 1
@@ -485,7 +386,7 @@ class SqliteStore:
             return (
                 db.execute(
                     "UPDATE orchestrations SET publish_claim = ? WHERE id = ?"
-                    " AND event_published = 0 AND status != 'InProgress'"
+                    f" AND event_published = 0 AND status != {IN_PROGRESS}"
                     " AND (publish_claim IS NULL OR publish_claim < ?)",
                     (now + hold, orchestration_id, now),
                 ).rowcount
@@ -504,24 +405,21 @@ class SqliteStore:
                 "UPDATE orchestrations SET event_published = 1 WHERE id = ?", (orchestration_id,)
             )
 
-    def outcomes(self, orchestration_id: str) -> Iterator[Success | Failure]:
+    def results(self, orchestration_id: str) -> Iterator[Success | Failure]:
         self.get_orchestration(orchestration_id)  # raises UnknownOrchestration
         cur = self._db.execute(
             "SELECT job_id, idx, params, status, result, error, attempts FROM jobs"
-            " WHERE orchestration_id = ? AND status IN ('Completed', 'Errored', 'Cancelled')"
+            f" WHERE orchestration_id = ? AND status IN {ENDED}"
             " ORDER BY idx",
             (orchestration_id,),
         )
         for job_id, idx, params, status, result, error, attempts in cur:
-            if status == Status.COMPLETED.value:
-                yield Success(job_id, idx, json.loads(params), json.loads(result or "null"))
-            else:
-                info = (
-                    ErrorInfo.from_json(json.loads(error))
-                    if error and status == Status.ERRORED.value
-                    else ErrorInfo(type="Cancelled", message="the orchestration was cancelled")
-                )
-                yield Failure(job_id, idx, json.loads(params), info, attempts, Status(status))
+            yield ended(
+                job_id, idx, json.loads(params), Status(status),
+                result=json.loads(result or "null"),
+                error=ErrorInfo.from_json(json.loads(error)) if error else None,
+                attempts=attempts,
+            )
 
     # -- instances and their changes ---------------------------------------------------
 
@@ -542,7 +440,7 @@ class SqliteStore:
         rows = self._db.execute(sql + " ORDER BY idx LIMIT ?", [*args, limit]).fetchall()
         return [instance_of(r) for r in rows]
 
-    def instance_changes(self, orchestration_id: str, *, after: float) -> list[JobInstance]:
+    def changes_after(self, orchestration_id: str, *, after: float) -> list[JobInstance]:
         rows = self._db.execute(
             f"SELECT {INSTANCE_COLUMNS} FROM jobs WHERE orchestration_id = ? AND changed > ?"
             " ORDER BY changed, idx",
@@ -550,7 +448,7 @@ class SqliteStore:
         ).fetchall()
         return [instance_of(r) for r in rows]
 
-    def change_cursor(self, orchestration_id: str) -> float:
+    def change_stamp(self, orchestration_id: str) -> float:
         row = self._db.execute(
             "SELECT version FROM orchestrations WHERE id = ?", (orchestration_id,)
         ).fetchone()
@@ -560,15 +458,15 @@ class SqliteStore:
 
     # -- changes ------------------------------------------------------------------
 
-    def change_token(self, orchestration_id: str) -> int:
+    def wake_token(self, orchestration_id: str) -> int:
         """SQLite's data_version moves whenever another connection commits."""
         return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
 
-    def wait_for_change(self, orchestration_id: str, token: int, timeout: float) -> int:
+    def wait_for_wake(self, orchestration_id: str, token: int, timeout: float) -> int:
         deadline = time.monotonic() + timeout
         pause = 0.002
         while True:
-            current = self.change_token(orchestration_id)
+            current = self.wake_token(orchestration_id)
             if current != token or time.monotonic() >= deadline:
                 return current
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))

@@ -71,7 +71,7 @@ class Supervisor:
                 self.keep_log_small()
                 next_reap = time.monotonic() + self.reap_every
         snap = store.get_orchestration(oid)
-        if snap.status is Status.IN_PROGRESS and store.unfinished(oid):
+        if snap.status is Status.IN_PROGRESS and store.unfinished_count(oid):
             failed = ", ".join(str(t.index) for t in self.tasks.failed) or "none"
             execution_ended(self.ports, snap,
                             f"every task of {self.execution} ended with the instance"

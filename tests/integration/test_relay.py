@@ -28,8 +28,9 @@ from google.events.cloud.firestore_v1 import DocumentEventData
 from werkzeug.serving import make_server
 
 from conftest import Emulators, eventually
-from jobfleet.dev.bridge import Route, TriggerRelay, add_route, remove_route
 from jobfleet.dev.emulators import firestore_binary, firestore_emulator, free_port, stop_group
+from jobfleet.dev.relay import Route, TriggerRelay
+from jobfleet.dev.relay_http import add_route, remove_route
 from jobfleet.errors import ConfigurationError
 
 WAIT = 20.0
@@ -115,7 +116,7 @@ def function(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Functi
 @pytest.fixture
 def project(gcp_env: Emulators) -> str:
     """A project of its own: an empty database, and triggers only this test's."""
-    return f"bridge-{uuid.uuid4().hex[:8]}"
+    return f"relay-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
@@ -341,13 +342,13 @@ def test_another_process_adds_and_removes_a_route_over_http(
     try:
         db.document("jobfleet_orchestrations/orch-7/jobs/job-0").set({"n": 0})
         assert len(function.wait_for(2)) == 2
-        stats = get_json(f"{relay.url}/_bridge/stats")
+        stats = get_json(f"{relay.url}/_relay/stats")
         assert stats["routes"][trigger_id] == {
             **added, "changes": 1, "delivered": 2, "invocations": 2, "failed": 0, "pending": 0,
         }
     finally:
         remove_route(relay.url, trigger_id)
-    assert trigger_id not in get_json(f"{relay.url}/_bridge/stats")["routes"]
+    assert trigger_id not in get_json(f"{relay.url}/_relay/stats")["routes"]
     unrouted = relay.unrouted
     db.document("jobfleet_orchestrations/orch-7/jobs/job-1").set({"n": 1})
     time.sleep(1.0)  # time for an event that should not come
@@ -379,7 +380,7 @@ def test_the_relay_command_delivers_until_it_is_stopped(
     emulator.start()
     emulator.wait_ready()
     command = [
-        sys.executable, "-m", "jobfleet.dev.bridge", "--port", str(port),
+        sys.executable, "-m", "jobfleet.dev.relay", "--port", str(port),
         "--firestore", emulator.host_port, "--project", project, "--function-url", function.url,
     ]
     relay = subprocess.Popen(
@@ -403,7 +404,7 @@ def test_the_relay_command_delivers_until_it_is_stopped(
         client.document("jobfleet_orchestrations/orch-6/jobs/job-0").set({"status": "Pending"})
         [event] = function.wait_for(1)
         assert event["subject"] == "documents/jobfleet_orchestrations/orch-6/jobs/job-0"
-        [stats] = get_json(f"http://127.0.0.1:{port}/_bridge/stats")["routes"].values()
+        [stats] = get_json(f"http://127.0.0.1:{port}/_relay/stats")["routes"].values()
         assert (stats["project"], stats["delivered"]) == (project, 1)
         relay.send_signal(signal.SIGTERM)
         assert relay.wait(timeout=WAIT) == 0
