@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from jobfleet import tracing
 from jobfleet.backends import Backend, default_parallelism, open_backend
 from jobfleet.config import Settings
 from jobfleet.core import params as param_sets
@@ -121,6 +122,7 @@ class JobFleet:
         jobs_modules: list[str] | None = None,
     ) -> None:
         self.settings = Settings.from_env(backend=backend, home=home, jobs_modules=jobs_modules)
+        tracing.configure(self.settings.trace_export, self.settings.project)
         import_jobs(self.settings.jobs_modules)
         self._backend: Backend | None = None
         self._opening = threading.Lock()
@@ -167,8 +169,24 @@ class JobFleet:
         """Create one instance per parameter set and start the workers.
 
         Every parameter set is checked while it streams into the store in batches;
-        a bad one raises InvalidParams naming its index, and nothing is created.
+        a bad one raises InvalidParams naming its index, and nothing is created. The
+        kick-off runs in a span whose trace the workers and the event continue.
         """
+        with tracing.kick_off_span(job_name) as trace:
+            return self._kick_off(job_name, params, parallelism=parallelism, tags=tags,
+                                  retries=retries, timeout=timeout, traceparent=trace.traceparent)
+
+    def _kick_off(
+        self,
+        job_name: str,
+        params: Iterable[Any],
+        *,
+        parallelism: int | None,
+        tags: dict[str, str] | None,
+        retries: int | None,
+        timeout: float | None,
+        traceparent: str,
+    ) -> Orchestration:
         definition = get_launchable_job(job_name)
         options = RunOptions(
             retries=definition.retries if retries is None else retries,
@@ -183,6 +201,7 @@ class JobFleet:
             options=options,
             tags=dict(tags or {}),
             created_at=time.time(),
+            traceparent=traceparent,
         )
         batches = param_sets.instance_batches(definition, params, shards=options.parallelism)
         # The first batch is checked before the backend opens, so that a bad parameter set

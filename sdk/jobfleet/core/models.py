@@ -48,7 +48,10 @@ class ErrorInfo:
 WORKER_LOST = "WorkerLost"
 
 # A JobCompletedEvent's fixed Pub/Sub attributes; tags become attributes beside them.
-EVENT_ATTRIBUTES = frozenset({"event_id", "orchestration_id", "job_name", "status"})
+# `traceparent` (W3C trace context) is there when the kick-off's trace is known.
+EVENT_ATTRIBUTES = frozenset(
+    {"event_id", "orchestration_id", "job_name", "status", "traceparent"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,9 @@ class NewOrchestration:
     options: RunOptions
     tags: dict[str, str]
     created_at: float
+    # The kick-off's W3C trace context (core/tracing.py): workers and the completion
+    # event continue it, so that a fan-out is one trace.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +123,7 @@ class OrchestrationSnapshot:
     # What `Store.progress` said when the current execution was launched: a recovery
     # is launched only while executions keep making progress.
     launch_progress: int = 0
+    traceparent: str | None = None  # the kick-off's trace context, when it had one
 
     def to_json(self) -> JsonObject:
         c = self.counts
@@ -243,6 +250,7 @@ class JobCompletedEvent:
     tags: dict[str, str] = field(default_factory=dict)
     created_at: float = 0.0
     finished_at: float = 0.0
+    traceparent: str | None = None  # the kick-off's W3C trace context, when known
 
     @staticmethod
     def event_id_for(orchestration_id: str) -> str:
@@ -263,6 +271,7 @@ class JobCompletedEvent:
             tags=dict(snap.tags),
             created_at=snap.created_at,
             finished_at=snap.finished_at or 0.0,
+            traceparent=snap.traceparent,
         )
 
     def to_json(self) -> JsonObject:

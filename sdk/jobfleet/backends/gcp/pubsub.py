@@ -48,14 +48,18 @@ def subscription_path(project: str, subscription: str) -> str:
 
 
 def event_attributes(event: JobCompletedEvent) -> dict[str, str]:
-    """One attribute per tag, then the event's own fields (which a tag may not shadow)."""
-    return {
+    """One attribute per tag, then the event's own fields (which a tag may not shadow),
+    and the kick-off's trace context when it is known."""
+    attributes = {
         **event.tags,
         "event_id": event.event_id,
         "orchestration_id": event.orchestration_id,
         "job_name": event.job_name,
         "status": str(event.status),
     }
+    if event.traceparent:
+        attributes["traceparent"] = event.traceparent
+    return attributes
 
 
 def decode(data: bytes) -> JobCompletedEvent:

@@ -181,11 +181,11 @@ class SqliteStore:
         with self._write() as db:
             db.execute(
                 "INSERT INTO orchestrations (id, job_name, status, parallelism, retries, backoff,"
-                " timeout, tags, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " timeout, tags, created_at, traceparent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     o.id, o.job_name, Status.IN_PROGRESS.value, o.options.parallelism,
                     o.options.retries, o.options.backoff, o.options.timeout,
-                    json.dumps(o.tags), o.created_at,
+                    json.dumps(o.tags), o.created_at, o.traceparent,
                 ),
             )
             for batch in batches:
@@ -243,7 +243,7 @@ class SqliteStore:
     def _snapshot(self, row: tuple[Any, ...]) -> OrchestrationSnapshot:
         (oid, job_name, status, total, parallelism, retries, backoff, timeout, tags,
          succeeded, failed, cancelled, created_at, finished_at, execution, published,
-         launch_progress) = row
+         launch_progress, traceparent) = row
         in_progress = 0
         if status == Status.IN_PROGRESS.value:
             in_progress = self._db.execute(
@@ -268,6 +268,7 @@ class SqliteStore:
             execution=execution,
             event_published=bool(published),
             launch_progress=launch_progress,
+            traceparent=traceparent,
         )
 
     def replace_execution(
