@@ -30,6 +30,7 @@ from jobfleet.core.registry import get_launchable_job, import_jobs, job_sources
 from jobfleet.core.results import Results, partition
 from jobfleet.core.sweep import Ports, sweep, sweep_orchestration
 from jobfleet.errors import LaunchFailed, NoEventHistory, WaitTimeout
+from jobfleet.log_lines import LogLine
 
 WATCH_SLICE_SECONDS = 1.0
 EVENT_HISTORY = 200  # orchestrations looked at when the event bus keeps no history
@@ -103,6 +104,25 @@ class Orchestration:
             if execution:
                 backend.launcher.cancel(execution)
         return settle(backend.store, backend.bus, self.id)
+
+    def logs(
+        self, job_id: str | None = None, *, last: int | None = None, follow: bool = False
+    ) -> Iterator[LogLine]:
+        """The orchestration's log lines, oldest first, of every instance or of `job_id`:
+        locally its log files, on Google Cloud its Cloud Logging entries. `last` keeps the
+        newest lines only; `follow` goes on with new lines until the orchestration has
+        ended and its workers are gone."""
+        snap = self.status()
+        reader = self.fleet.backend.logs
+        if follow:
+            return reader.follow(snap, job_id, self._finished_running)
+        return iter(reader.lines(snap, job_id, last=last))
+
+    def _finished_running(self) -> bool:
+        snap = self.status()
+        if not snap.status.terminal:
+            return False
+        return not (snap.execution and self.fleet.backend.launcher.is_running(snap.execution))
 
     async def wait_async(self, timeout: float | None = None) -> OrchestrationSnapshot:
         return await asyncio.to_thread(self.fleet.orchestration(self.id).wait, timeout)
