@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import (
     NonRecordingSpan,
@@ -70,6 +71,22 @@ def recording() -> bool:
     """Whether an OpenTelemetry SDK is set up (spans are worth starting)."""
     provider = trace.get_tracer_provider()
     return not isinstance(provider, ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+@contextmanager
+def continued(traceparent: str | None) -> Iterator[None]:
+    """Run in the trace of an incoming request's `traceparent` header, if it has one."""
+    parent = TraceContext.parse(traceparent)
+    if parent is None:
+        yield
+        return
+    token = otel_context.attach(
+        trace.set_span_in_context(NonRecordingSpan(parent.span_context()))
+    )
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 @contextmanager
