@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,19 @@ def chatty(params: dict[str, Any]) -> int:
         print("x" * 100_000, flush=True)
         time.sleep(float(params.get("pause", 0.05)))
     return 0
+
+
+@job("talkative", retries=1, backoff=0.01)
+def talkative(params: dict[str, Any]) -> int:
+    """Prints a line to stdout and one to stderr, logs one, and fails when asked to."""
+    n = params["n"]
+    time.sleep(float(params.get("seconds", 0)))
+    print(f"stdout line of item {n}")
+    print(f"stderr line of item {n}", file=sys.stderr)
+    logging.getLogger("talkative").info("logged line of item %s", n)
+    if params.get("fail"):
+        raise RuntimeError(f"item {n} failed on purpose")
+    return int(n)
 
 
 @job("hold_the_store_lock", retries=0)

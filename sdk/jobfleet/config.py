@@ -9,6 +9,7 @@ from pathlib import Path
 
 from jobfleet.core.registry import split_modules
 from jobfleet.errors import ConfigurationError
+from jobfleet.log_lines import JSON, LOG_FORMATS, TEXT
 
 BACKENDS = ("local", "gcp")
 DEFAULT_REGION = "us-central1"
@@ -40,6 +41,11 @@ class Settings:
     # Past this size a local orchestration's log moves to <log>.1 (a job that prints
     # without end must not fill the disk).
     log_limit_bytes: int = DEFAULT_LOG_LIMIT_BYTES
+    # How workers, the API and the function write log lines (log_lines.py): None picks
+    # by backend, JSON for Cloud Logging on gcp, readable text locally.
+    log_format: str | None = None
+    # Where spans go (tracing.py): None, recorded nowhere; "cloud-trace".
+    trace_export: str | None = None
 
     @classmethod
     def from_env(
@@ -73,7 +79,14 @@ class Settings:
             log_limit_bytes=int(
                 _positive(env, "JOBFLEET_LOG_LIMIT_BYTES", DEFAULT_LOG_LIMIT_BYTES)
             ),
+            log_format=_choice(env, "JOBFLEET_LOG_FORMAT", LOG_FORMATS),
+            trace_export=env.get("JOBFLEET_TRACE_EXPORT") or None,
         )
+
+    @property
+    def line_format(self) -> str:
+        """The log format in effect: the chosen one, else by backend."""
+        return self.log_format or (JSON if self.backend == "gcp" else TEXT)
 
     def require_project(self) -> str:
         if not self.project:
@@ -101,6 +114,10 @@ class Settings:
             "JOBFLEET_JOBS": ",".join(self.jobs_modules),
             "JOBFLEET_LEASE_SECONDS": str(self.lease_seconds),
         }
+        if self.log_format:
+            env["JOBFLEET_LOG_FORMAT"] = self.log_format
+        if self.trace_export:
+            env["JOBFLEET_TRACE_EXPORT"] = self.trace_export
         if self.backend == "local":
             env["JOBFLEET_HOME"] = str(self.home)
         else:
@@ -116,9 +133,11 @@ class Settings:
         *,
         shard_offset: int = 0,
         shards: Sequence[int] | None = None,
+        traceparent: str | None = None,
     ) -> dict[str, str]:
         """The worker contract (docs/design.md): what every task of an execution reads.
-        Task i works on shard `shard_offset + i`, or on `shards[i]` in a recovery."""
+        Task i works on shard `shard_offset + i`, or on `shards[i]` in a recovery;
+        TRACEPARENT is the kick-off's trace context, which the workers continue."""
         env = {
             **self.environment(),
             "JOBFLEET_JOBS": ",".join(dict.fromkeys([*self.jobs_modules, *jobs])),
@@ -129,7 +148,18 @@ class Settings:
             env["JOBFLEET_SHARDS"] = ",".join(map(str, shards))
         else:
             env["JOBFLEET_SHARD_OFFSET"] = str(shard_offset)
+        if traceparent:
+            env["TRACEPARENT"] = traceparent
         return env
+
+
+def _choice(env: Mapping[str, str], name: str, choices: Sequence[str]) -> str | None:
+    text = env.get(name)
+    if not text:
+        return None
+    if text.lower() not in choices:
+        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, not {text!r}")
+    return text.lower()
 
 
 def _positive(env: Mapping[str, str], name: str, default: float) -> float:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from jobfleet import tracing
 from jobfleet.backends import Backend, default_parallelism, open_backend
 from jobfleet.config import Settings
 from jobfleet.core import params as param_sets
@@ -29,6 +30,7 @@ from jobfleet.core.registry import get_launchable_job, import_jobs, job_sources
 from jobfleet.core.results import Results, partition
 from jobfleet.core.sweep import Ports, sweep, sweep_orchestration
 from jobfleet.errors import LaunchFailed, NoEventHistory, WaitTimeout
+from jobfleet.log_lines import LogLine
 
 WATCH_SLICE_SECONDS = 1.0
 EVENT_HISTORY = 200  # orchestrations looked at when the event bus keeps no history
@@ -120,6 +122,25 @@ class Orchestration:
                 backend.launcher.cancel(execution)
         return settle(backend.store, backend.bus, self.id)
 
+    def logs(
+        self, job_id: str | None = None, *, last: int | None = None, follow: bool = False
+    ) -> Iterator[LogLine]:
+        """The orchestration's log lines, oldest first, of every instance or of `job_id`:
+        locally its log files, on Google Cloud its Cloud Logging entries. `last` keeps the
+        newest lines only; `follow` goes on with new lines until the orchestration has
+        ended and its workers are gone."""
+        snap = self.status()
+        reader = self.fleet.backend.logs
+        if follow:
+            return reader.follow(snap, job_id, self._finished_running)
+        return iter(reader.lines(snap, job_id, last=last))
+
+    def _finished_running(self) -> bool:
+        snap = self.status()
+        if not snap.status.terminal:
+            return False
+        return not (snap.execution and self.fleet.backend.launcher.is_running(snap.execution))
+
     async def wait_async(self, timeout: float | None = None) -> OrchestrationSnapshot:
         return await asyncio.to_thread(self.fleet.orchestration(self.id).wait, timeout)
 
@@ -138,6 +159,7 @@ class JobFleet:
         jobs_modules: list[str] | None = None,
     ) -> None:
         self.settings = Settings.from_env(backend=backend, home=home, jobs_modules=jobs_modules)
+        tracing.configure(self.settings.trace_export, self.settings.project)
         import_jobs(self.settings.jobs_modules)
         self._backend: Backend | None = None
         self._opening = threading.Lock()
@@ -184,8 +206,24 @@ class JobFleet:
         """Create one instance per parameter set and start the workers.
 
         Every parameter set is checked while it streams into the store in batches;
-        a bad one raises InvalidParams naming its index, and nothing is created.
+        a bad one raises InvalidParams naming its index, and nothing is created. The
+        kick-off runs in a span whose trace the workers and the event continue.
         """
+        with tracing.kick_off_span(job_name) as trace:
+            return self._kick_off(job_name, params, parallelism=parallelism, tags=tags,
+                                  retries=retries, timeout=timeout, traceparent=trace.traceparent)
+
+    def _kick_off(
+        self,
+        job_name: str,
+        params: Iterable[Any],
+        *,
+        parallelism: int | None,
+        tags: dict[str, str] | None,
+        retries: int | None,
+        timeout: float | None,
+        traceparent: str,
+    ) -> Orchestration:
         definition = get_launchable_job(job_name)
         options = RunOptions(
             retries=definition.retries if retries is None else retries,
@@ -200,6 +238,7 @@ class JobFleet:
             options=options,
             tags=dict(tags or {}),
             created_at=time.time(),
+            traceparent=traceparent,
         )
         batches = param_sets.instance_batches(definition, params, shards=options.parallelism)
         # The first batch is checked before the backend opens, so that a bad parameter set

@@ -10,6 +10,7 @@ keeps the leases of what it holds alive so that a lost worker is noticed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from jobfleet import tracing
 from jobfleet.backends import open_backend, open_store
 from jobfleet.config import DEFAULT_LEASE_SECONDS, Settings
 from jobfleet.core import payloads
@@ -32,6 +34,9 @@ from jobfleet.core.recovery import Owner, held_by, lost_worker_outcomes
 from jobfleet.core.registry import JobDefinition, get_job, import_jobs
 from jobfleet.core.retry import RetryPolicy
 from jobfleet.errors import JobfleetError, JobTimeout
+from jobfleet.log_lines import WorkerOutput, context
+
+log = logging.getLogger("jobfleet.worker")
 
 MAX_BATCH = 256
 BATCH_SECONDS = 0.05  # aim a claim at about this much work
@@ -53,6 +58,7 @@ class Assignment:
     task_attempt: int
     job_id: str | None
     execution: str = ""
+    trace: tracing.TraceContext | None = None  # the kick-off's (TRACEPARENT)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Assignment:
@@ -73,6 +79,7 @@ class Assignment:
             task_attempt=int(env.get("CLOUD_RUN_TASK_ATTEMPT", "0")),
             job_id=env.get("JOB_ID") or None,
             execution=env.get("CLOUD_RUN_EXECUTION", "").replace("/", "-"),
+            trace=tracing.TraceContext.parse(env.get("TRACEPARENT")),
         )
 
     @property
@@ -140,7 +147,7 @@ class Heartbeat(threading.Thread):
                 self.store.heartbeat(self.owner, now=time.time(), lease=self.lease)
                 pause = self.lease / 3
             except Exception as exc:  # a missed beat is retried soon; expiry is the backstop
-                print(f"jobfleet worker: heartbeat failed: {exc}", file=sys.stderr)
+                log.warning("heartbeat failed: %s", exc)
                 pause = min(1.0, self.lease / 3)
 
     def stop(self) -> None:
@@ -159,6 +166,7 @@ class Worker:
         *,
         lease: float = DEFAULT_LEASE_SECONDS,
         settles: bool = True,
+        output: WorkerOutput | None = None,
     ) -> None:
         self.assignment = assignment
         self.definition = definition
@@ -167,6 +175,8 @@ class Worker:
         snap = store.get_orchestration(assignment.orchestration_id)
         self.policy = RetryPolicy.of(snap.options)
         self.runner = AttemptRunner(definition, snap.options.timeout)
+        self.output = output
+        self.spans = tracing.recording()
 
     def run(self) -> None:
         self.recover_previous_attempt()
@@ -198,14 +208,40 @@ class Worker:
         self.runner.close()
 
     def attempt(self, claim: ClaimedInstance) -> Outcome:
+        """Lines written meanwhile carry the instance's job id (log_lines.py)."""
+        context.job_id = claim.job_id
+        try:
+            if not self.spans:
+                return self.run_attempt(claim)
+            assignment = self.assignment
+            with tracing.attempt_span(assignment.trace, assignment.job_name, claim.job_id) as span:
+                previous, context.span_id = context.span_id, span
+                try:
+                    return self.run_attempt(claim)
+                finally:
+                    context.span_id = previous
+        finally:
+            context.job_id = None
+
+    def run_attempt(self, claim: ClaimedInstance) -> Outcome:
         try:
             result = _as_json(self.runner.run(claim.params))
         except Exception as exc:
             error = payloads.error_info(exc, traceback.format_exc())
-            return self.policy.after_failure(claim, error, time.time())
+            outcome = self.policy.after_failure(claim, error, time.time())
+            if outcome.status is Status.PENDING:
+                log.warning("attempt %d failed, retried in %.1f s: %s",
+                            claim.attempts, max(0.0, outcome.not_before - time.time()),
+                            error.traceback.rstrip() or f"{error.type}: {error.message}")
+            else:
+                log.error("attempt %d failed, the last: %s", claim.attempts,
+                          error.traceback.rstrip() or f"{error.type}: {error.message}")
+            return outcome
         return Outcome(claim.job_id, claim.index, claim.owner, Status.COMPLETED, result=result)
 
     def record(self, outcomes: list[Outcome]) -> None:
+        if self.output is not None:
+            self.output.flush()  # once a batch: what the jobs printed reaches the log
         if outcomes:
             self.store.record_outcomes(self.assignment.orchestration_id, outcomes)
             if self.settles:
@@ -258,20 +294,39 @@ def main(env: Mapping[str, str] | None = None) -> int:
     try:
         assignment = Assignment.from_env(env)
         settings = Settings.from_env(env)
+        tracing.configure(settings.trace_export, settings.project)
         import_jobs(settings.jobs_modules)
         definition = get_job(assignment.job_name)
         backend = open_backend(settings)
     except JobfleetError as exc:
         print(f"jobfleet worker: {exc}", file=sys.stderr)
         return EXIT_CANNOT_WORK
+    label_lines(assignment, settings)
+    output = WorkerOutput(settings.line_format)
     heartbeat = Heartbeat(open_store(settings), assignment.owner, settings.lease_seconds)
     heartbeat.start()
     try:
         Worker(
             assignment, definition, backend.store, backend.bus,
-            lease=settings.lease_seconds, settles=backend.worker_settles,
+            lease=settings.lease_seconds, settles=backend.worker_settles, output=output,
         ).run()
+    except Exception:
+        log.exception("the worker of shard %d stopped", assignment.task_index)
+        raise
     finally:
         heartbeat.stop()
         backend.close()
+        output.close()
     return EXIT_OK
+
+
+def label_lines(assignment: Assignment, settings: Settings) -> None:
+    """What this worker's log lines say besides their message (log_lines.py)."""
+    context.orchestration_id = assignment.orchestration_id
+    context.job_name = assignment.job_name
+    context.source = f"shard {assignment.task_index}"
+    context.project = settings.project
+    if assignment.trace is not None:
+        context.trace_id = assignment.trace.trace_id
+        context.span_id = assignment.trace.span_id
+        context.trace_sampled = assignment.trace.sampled

@@ -197,6 +197,24 @@ def test_the_page_follows_a_fan_out_live_to_its_failure(serve: ServerFactory, ta
     assert tab.unexpected_errors(409) == []
 
 
+def test_a_failure_row_opens_the_logs_of_its_instance(serve: ServerFactory, tab: Tab) -> None:
+    server = serve()
+    oid = kick_off(server, "talkative", [{"n": 0}, {"n": 1, "fail": True}])
+    wait_until_ended(server, oid)
+    page = tab.page
+
+    page.goto(f"{server.url}/orchestrations/{oid}")
+    failure = by_id(page, "failure-row")
+    expect(failure).to_have_count(1)
+    page.get_by_text("Logs", exact=True).click()
+
+    lines = by_id(failure, "failure-logs-lines")
+    expect(lines).to_contain_text("RuntimeError: item 1 failed on purpose")
+    expect(lines).to_contain_text("stdout line of item 1")
+    expect(lines).not_to_contain_text("item 0")
+    assert tab.unexpected_errors() == []
+
+
 def test_cancel_stops_a_long_running_orchestration(serve: ServerFactory, tab: Tab) -> None:
     server = serve()
     oid = kick_off(server, "sleepy", [{"n": n, "seconds": 60} for n in range(4)], parallelism=1)

@@ -9,6 +9,8 @@ import logging
 from typing import Any
 from urllib.parse import unquote_plus
 
+from jobfleet.log_lines import JSON, TEXT, LineFormatter, context
+
 SECRET_PARAMETERS = frozenset({
     "access_token", "id_token", "token", "auth", "authorization", "bearer", "jwt",
     "api_key", "apikey", "key", "password", "secret",
@@ -40,11 +42,17 @@ class RedactQuerySecrets(logging.Filter):
         return True
 
 
-def log_config() -> dict[str, Any]:
-    """uvicorn's own logging configuration, its access logger filtered."""
+def log_config(fmt: str = TEXT) -> dict[str, Any]:
+    """uvicorn's own logging configuration, its access logger filtered; in the JSON
+    format (log_lines.py), every line is a Cloud Logging record, the API's own too."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
     config.setdefault("filters", {})["redact_query_secrets"] = {"()": RedactQuerySecrets}
     config["loggers"]["uvicorn.access"]["filters"] = ["redact_query_secrets"]
+    if fmt == JSON:
+        context.source = "api"
+        for name in ("default", "access"):
+            config["formatters"][name] = {"()": LineFormatter, "fmt": JSON}
+        config["loggers"][""] = {"handlers": ["default"], "level": "INFO"}
     return config

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from sse_starlette import EventSourceResponse
 
+from jobfleet import tracing
 from jobfleet.api import schemas
 from jobfleet.api.live import LiveHub
 from jobfleet.core.models import JobInstance, OrchestrationSnapshot, Status
@@ -83,11 +84,13 @@ def orchestration_json(snap: OrchestrationSnapshot) -> dict[str, Any]:
 )
 def kick_off(body: schemas.KickOff, request: Request, response: Response) -> dict[str, Any]:
     """Every parameter set is checked before anything runs; a refused one is named by
-    its index and nothing is created."""
-    orchestration = fleet_of(request).kick_off(
-        body.job_name, body.params, parallelism=body.parallelism, tags=body.tags,
-        retries=body.retries, timeout=body.timeout,
-    )
+    its index and nothing is created. A `traceparent` header puts the kick-off (and so
+    its workers and event) in the caller's trace."""
+    with tracing.continued(request.headers.get("traceparent")):
+        orchestration = fleet_of(request).kick_off(
+            body.job_name, body.params, parallelism=body.parallelism, tags=body.tags,
+            retries=body.retries, timeout=body.timeout,
+        )
     response.headers["Location"] = links(orchestration.id)["self"]
     return orchestration_json(orchestration.status())
 
@@ -159,6 +162,27 @@ def results(orchestration_id: str, request: Request) -> dict[str, Any]:
         "complete": snap.status.terminal,
         "successes": [s.to_json() for s in successes],
         "failures": [f.to_json() for f in failures or []],
+    }
+
+
+@router.get(
+    "/orchestrations/{orchestration_id}/logs", response_model=schemas.LogLines,
+    responses=ERRORS, summary="The newest log lines, of every instance or of one",
+)
+def logs(
+    orchestration_id: str,
+    request: Request,
+    job_id: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+) -> dict[str, Any]:
+    """Locally from the orchestration's log files, on Google Cloud from Cloud Logging;
+    the newest `limit` lines, and whether older ones were left out."""
+    lines = list(read_handle(request, orchestration_id).logs(job_id, last=limit + 1))
+    return {
+        "orchestration_id": orchestration_id,
+        "job_id": job_id,
+        "lines": [line.to_json() for line in lines[-limit:]],
+        "truncated": len(lines) > limit,
     }
 
 

@@ -104,6 +104,18 @@ class Results(BaseModel):
     failures: list[Failure]
 
 
+class LogLine(BaseModel):
+    text: str = Field(description="the line as `jobfleet logs` prints it")
+    job_id: str | None = Field(description="the job instance that wrote it, if one")
+
+
+class LogLines(BaseModel):
+    orchestration_id: str
+    job_id: str | None
+    lines: list[LogLine] = Field(description="the newest lines, oldest first")
+    truncated: bool = Field(description="older lines were left out (see `limit`)")
+
+
 class Job(BaseModel):
     name: str
     retries: int

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from jobfleet.config import Settings
 from jobfleet.errors import ConfigurationError
 
 DEFAULT_PORT = 8080
@@ -34,6 +35,6 @@ def serve(host: str = "127.0.0.1", port: int | None = None, *, log_level: str = 
     chosen = port if port is not None else int(os.environ.get("PORT") or DEFAULT_PORT)
     uvicorn.run(
         create_app(authenticator=authenticator, settings=settings), host=host, port=chosen,
-        log_level=log_level, log_config=log_config(),
+        log_level=log_level, log_config=log_config(Settings.from_env().line_format),
         proxy_headers=True, forwarded_allow_ips="*" if os.environ.get("K_SERVICE") else None,
     )

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from jobfleet.config import Settings
-from jobfleet.core.ports import EventBus, Launcher, Store
+from jobfleet.core.ports import EventBus, Launcher, LogReader, Store
 from jobfleet.errors import ConfigurationError, UnusableHome
 
 GCP_DEFAULT_PARALLELISM = 10
@@ -18,6 +18,7 @@ class Backend:
     store: Store
     launcher: Launcher
     bus: EventBus
+    logs: LogReader
     default_parallelism: int
     # Locally the worker announces completion itself; on Google Cloud the
     # Firestore-triggered function does, and workers only write their instances.
@@ -89,19 +90,23 @@ def open_backend(settings: Settings) -> Backend:
     store = open_store(settings)
     if settings.backend == "local":
         from jobfleet.backends.local.launcher import ProcessLauncher
+        from jobfleet.backends.local.logs import FileLogs
 
         return Backend(
             store=store,
             launcher=ProcessLauncher(settings),
             bus=open_bus(settings),
+            logs=FileLogs(settings),
             default_parallelism=default_parallelism(settings),
         )
+    from jobfleet.backends.gcp.cloud_logging import CloudLoggingLogs
     from jobfleet.backends.gcp.cloud_run import CloudRunLauncher
 
     return Backend(
         store=store,
         launcher=CloudRunLauncher(settings),
         bus=open_bus(settings),
+        logs=CloudLoggingLogs(settings.require_project()),
         default_parallelism=default_parallelism(settings),
         worker_settles=False,
     )

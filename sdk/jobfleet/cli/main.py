@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--follow", action="store_true", help="keep printing new events")
     events.add_argument("--json", action="store_true", help="one event object a line")
 
+    logs = sub.add_parser("logs", help="an orchestration's log lines (locally its log files,"
+                          " on Google Cloud its Cloud Logging entries)")
+    logs.add_argument("id", metavar="ID")
+    logs.add_argument("--job", metavar="JOB_ID", help="only the lines of this job instance")
+    logs.add_argument("--follow", action="store_true", help="go on until the orchestration ends")
+
     sub.add_parser("worker", help="run one task's share (the container entrypoint)")
 
     sweep = sub.add_parser(
@@ -185,6 +191,17 @@ def cmd_events(fleet: JobFleet, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_logs(fleet: JobFleet, args: argparse.Namespace) -> int:
+    shown = 0
+    for line in fleet.orchestration(args.id).logs(args.job, follow=args.follow):
+        print(line.text, flush=args.follow)
+        shown += 1
+    if not shown:
+        whose = f"job {args.job} of orchestration" if args.job else "orchestration"
+        print(f"no log lines for {whose} {args.id}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from jobfleet.config import Settings
     from jobfleet.dev import stack
@@ -235,6 +252,8 @@ def dispatch(fleet: JobFleet, args: argparse.Namespace) -> int:
         return cmd_results(fleet, args)
     if command == "events":
         return cmd_events(fleet, args)
+    if command == "logs":
+        return cmd_logs(fleet, args)
     if command == "sweep":
         render.sweep(fleet.sweep(), args.json)
         return EXIT_OK

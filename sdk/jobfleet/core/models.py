@@ -48,8 +48,9 @@ class ErrorInfo:
 WORKER_LOST = "WorkerLost"
 
 # A JobCompletedEvent's fields that are also its Pub/Sub attributes
-# (`JobCompletedEvent.attributes`); tags become attributes beside them.
-EVENT_ATTRIBUTES = ("event_id", "orchestration_id", "job_name", "status")
+# (`JobCompletedEvent.attributes`); tags become attributes beside them. `traceparent`
+# (W3C trace context) is there when the kick-off's trace is known.
+EVENT_ATTRIBUTES = ("event_id", "orchestration_id", "job_name", "status", "traceparent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,9 @@ class NewOrchestration:
     options: RunOptions
     tags: dict[str, str]
     created_at: float
+    # The kick-off's W3C trace context (core/tracing.py): workers and the completion
+    # event continue it, so that a fan-out is one trace.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,7 @@ class OrchestrationSnapshot:
     # What `Store.progress` said when the current execution was launched: a recovery
     # is launched only while executions keep making progress.
     launch_progress: int = 0
+    traceparent: str | None = None  # the kick-off's trace context, when it had one
 
     def to_json(self) -> JsonObject:
         c = self.counts
@@ -274,6 +279,7 @@ class JobCompletedEvent:
     tags: dict[str, str] = field(default_factory=dict)
     created_at: float = 0.0
     finished_at: float = 0.0
+    traceparent: str | None = None  # the kick-off's W3C trace context, when known
 
     @staticmethod
     def event_id_for(orchestration_id: str) -> str:
@@ -294,12 +300,14 @@ class JobCompletedEvent:
             tags=dict(snap.tags),
             created_at=snap.created_at,
             finished_at=snap.finished_at or 0.0,
+            traceparent=snap.traceparent,
         )
 
     def attributes(self) -> dict[str, str]:
         """The message attributes a subscription filters on: one per tag, then the
         event's own fields (which a tag may not shadow)."""
-        return {**self.tags, **{name: str(getattr(self, name)) for name in EVENT_ATTRIBUTES}}
+        own = {name: getattr(self, name) for name in EVENT_ATTRIBUTES}
+        return {**self.tags, **{name: str(value) for name, value in own.items() if value}}
 
     def to_json(self) -> JsonObject:
         data = asdict(self)

@@ -8,7 +8,7 @@ test suite runs against every Store.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 from jobfleet.core.models import (
@@ -24,6 +24,7 @@ from jobfleet.core.models import (
     Status,
     Success,
 )
+from jobfleet.log_lines import LogLine
 
 
 class Store(Protocol):
@@ -211,3 +212,17 @@ class EventBus(Protocol):
         """The events after `after`, then each new one as it is published; never ends."""
 
     def close(self) -> None: ...
+
+
+class LogReader(Protocol):
+    """An orchestration's log lines: local log files, or Cloud Logging entries."""
+
+    def lines(
+        self, orchestration: OrchestrationSnapshot, job_id: str | None, *, last: int | None = None
+    ) -> list[LogLine]:
+        """Oldest first, of every instance or of `job_id`; with `last`, the newest `last`."""
+
+    def follow(
+        self, orchestration: OrchestrationSnapshot, job_id: str | None, ended: Callable[[], bool]
+    ) -> Iterator[LogLine]:
+        """The lines so far, then each new one, until `ended()` said so before a read."""

@@ -143,7 +143,7 @@ def relaunch(
     store, launcher = ports.store, ports.launcher
     orchestration = NewOrchestration(
         id=snap.id, job_name=snap.job_name, options=snap.options, tags=snap.tags,
-        created_at=snap.created_at,
+        created_at=snap.created_at, traceparent=snap.traceparent,
     )
     count = snap.options.task_count(snap.counts.total) if shards is None else len(shards)
     progress = store.progress(snap.id)  # before its workers move it on

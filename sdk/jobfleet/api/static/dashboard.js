@@ -352,6 +352,7 @@
         cell.append(el("details", {},
           el("summary", { text: "Traceback" }), el("pre", { text: error.traceback })));
       }
+      cell.append(logsDetails(f.job_id));
       return el("tr", { "data-testid": "failure-row", "data-index": f.index },
         el("td", { class: "num", "data-testid": "failure-index", text: String(f.index) }),
         el("td", {},
@@ -359,6 +360,35 @@
         cell,
         el("td", { class: "num", "data-testid": "failure-attempts", text: String(f.attempts) }),
         el("td", { "data-testid": "failure-status", text: f.status }));
+    }
+
+    // -- an instance's log lines, from /logs?job_id=, loaded when first opened
+    const MAX_LOG_LINES = 1000;
+
+    function logsDetails(jobId) {
+      const lines = el("pre", { "data-testid": "failure-logs-lines", text: "Loading…" });
+      const link = el("a", {
+        href: `${API}${base}/logs?job_id=${encodeURIComponent(jobId)}`,
+        "data-testid": "failure-logs-link", text: "as JSON",
+      });
+      const details = el("details", { "data-testid": "failure-logs" },
+        el("summary", { text: "Logs" }), lines, link);
+      let loaded = false;
+      details.addEventListener("toggle", async () => {
+        if (!details.open || loaded) return;
+        loaded = true;
+        try {
+          const params = new URLSearchParams({ job_id: jobId, limit: String(MAX_LOG_LINES) });
+          const page = await api(`${base}/logs?${params}`);
+          const text = page.lines.map((line) => line.text).join("\n");
+          lines.textContent = (page.truncated ? `(the last ${MAX_LOG_LINES} lines)\n` : "") +
+            (text || "No log lines for this instance.");
+        } catch (err) {
+          loaded = false; // opening it again retries
+          lines.textContent = `Could not load the logs: ${err.message}`;
+        }
+      });
+      return details;
     }
 
     // -- live: server-sent events until `completed` ---------------------------------

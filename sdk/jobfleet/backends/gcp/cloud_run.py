@@ -115,6 +115,7 @@ class CloudRunLauncher:
                 env = self.settings.worker_environment(
                     orchestration.job_name, orchestration.id, jobs, shard_offset=offset,
                     shards=None if shards is None else shards[offset: offset + count],
+                    traceparent=orchestration.traceparent,
                 )
                 started.append(self._run(env, count))
         except Exception:

@@ -157,6 +157,7 @@ def new_orchestration(o: NewOrchestration, *, total: int) -> JsonObject:
         "event_published": False,
         "launch_progress": 0,
         "publish_claim": None,
+        "traceparent": o.traceparent,
     }
 
 
@@ -224,6 +225,7 @@ def orchestration_snapshot(doc: Snapshot, sums: dict[str, int]) -> Orchestration
         execution=data["execution"],
         event_published=bool(data["event_published"]),
         launch_progress=int(data.get("launch_progress") or 0),
+        traceparent=data.get("traceparent") or None,
     )
 
 

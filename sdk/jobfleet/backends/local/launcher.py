@@ -43,12 +43,15 @@ class ProcessLauncher:
         env = {
             **os.environ,
             **self.settings.worker_environment(
-                orchestration.job_name, orchestration.id, jobs, shards=shards
+                orchestration.job_name, orchestration.id, jobs, shards=shards,
+                traceparent=orchestration.traceparent,
             ),
             "CLOUD_RUN_TASK_COUNT": str(task_count),
         }
         if shards is None:
             env.pop("JOBFLEET_SHARDS", None)  # not inherited from a recovering supervisor
+        if orchestration.traceparent is None:
+            env.pop("TRACEPARENT", None)  # nor from the caller
         with open(log, "ab") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", SUPERVISOR_MODULE],

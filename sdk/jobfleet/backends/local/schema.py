@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS orchestrations (
     event_published INTEGER NOT NULL DEFAULT 0,
     version INTEGER NOT NULL DEFAULT 0,
     launch_progress INTEGER NOT NULL DEFAULT 0,
-    publish_claim REAL
+    publish_claim REAL,
+    traceparent TEXT
 );
 CREATE INDEX IF NOT EXISTS orchestrations_by_time ON orchestrations (created_at);
 CREATE INDEX IF NOT EXISTS orchestrations_unsettled ON orchestrations (created_at)
@@ -70,12 +71,14 @@ ADDED_COLUMNS = (
     ("orchestrations", "version", "INTEGER NOT NULL DEFAULT 0"),
     ("orchestrations", "launch_progress", "INTEGER NOT NULL DEFAULT 0"),
     ("orchestrations", "publish_claim", "REAL"),
+    ("orchestrations", "traceparent", "TEXT"),
     ("jobs", "changed", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "isolated", "INTEGER NOT NULL DEFAULT 0"),
 )
 ORCHESTRATION_COLUMNS = (
     "id, job_name, status, total, parallelism, retries, backoff, timeout, tags, succeeded,"
-    " failed, cancelled, created_at, finished_at, execution, event_published, launch_progress"
+    " failed, cancelled, created_at, finished_at, execution, event_published, launch_progress,"
+    " traceparent"
 )
 INSTANCE_COLUMNS = (
     "job_id, idx, status, attempts, params, result, error, started_at, finished_at, changed"

@@ -83,11 +83,11 @@ class SqliteStore(SqliteConnections):
         with self._write() as db:
             db.execute(
                 "INSERT INTO orchestrations (id, job_name, status, parallelism, retries, backoff,"
-                " timeout, tags, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " timeout, tags, created_at, traceparent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     o.id, o.job_name, Status.IN_PROGRESS.value, o.options.parallelism,
                     o.options.retries, o.options.backoff, o.options.timeout,
-                    json.dumps(o.tags), o.created_at,
+                    json.dumps(o.tags), o.created_at, o.traceparent,
                 ),
             )
             for batch in batches:
@@ -145,7 +145,7 @@ class SqliteStore(SqliteConnections):
     def _snapshot(self, row: tuple[Any, ...]) -> OrchestrationSnapshot:
         (oid, job_name, status, total, parallelism, retries, backoff, timeout, tags,
          succeeded, failed, cancelled, created_at, finished_at, execution, published,
-         launch_progress) = row
+         launch_progress, traceparent) = row
         in_progress = 0
         if status == Status.IN_PROGRESS.value:
             in_progress = self._db.execute(
@@ -169,6 +169,7 @@ class SqliteStore(SqliteConnections):
             execution=execution,
             event_published=bool(published),
             launch_progress=launch_progress,
+            traceparent=traceparent,
         )
 
     def replace_execution(
