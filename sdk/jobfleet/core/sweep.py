@@ -128,9 +128,11 @@ def execution_ended(ports: Ports, snap: OrchestrationSnapshot, why: str) -> str:
         return NOTHING
     if store.progress(snap.id) > current.launch_progress:
         return RECOVERED if relaunch(ports, current, shards) else NOTHING
-    settle_without_workers(store, ports.bus, snap.id,
-            f"{why} and made no progress since it was launched; the workers' output says"
-            " why (`jobfleet logs` or the execution's logs)")
+    settle_without_workers(
+        store, ports.bus, snap.id,
+        f"{why} and made no progress since it was launched; the workers' output says"
+        " why (`jobfleet logs` or the execution's logs)",
+    )
     return ENDED
 
 
