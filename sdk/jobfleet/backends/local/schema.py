@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     PRIMARY KEY (orchestration_id, idx)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_shard ON jobs (orchestration_id, shard, status, not_before);
+CREATE INDEX IF NOT EXISTS jobs_isolated ON jobs (orchestration_id, shard, not_before)
+    WHERE isolated = 1 AND status = 'Pending';
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner) WHERE owner IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_by_change ON jobs (orchestration_id, changed);
 CREATE TABLE IF NOT EXISTS events (

@@ -215,24 +215,29 @@ class SqliteStore(SqliteConnections):
         self, orchestration_id: str, shard: int, owner: str, *, limit: int, now: float,
         lease: float, job_id: str | None = None,
     ) -> list[ClaimedInstance]:
+        """An isolated instance first, alone (a partial index finds one at once); else a
+        batch in (not_before, index) order, which rowids follow within an orchestration,
+        read from the index alone."""
         which, key = ("shard = ?", shard) if job_id is None else ("job_id = ?", job_id)
+        ready = f"orchestration_id = ? AND {which} AND status = {PENDING} AND not_before <= ?"
         with self._write() as db:
-            ready = db.execute(
-                f"SELECT idx, isolated FROM jobs WHERE orchestration_id = ? AND {which}"
-                f" AND status = {PENDING} AND not_before <= ? ORDER BY not_before, idx LIMIT ?",
+            chosen = [r[0] for r in db.execute(
+                f"SELECT rowid FROM jobs INDEXED BY jobs_isolated WHERE {ready}"
+                " AND isolated = 1 LIMIT 1",
+                (orchestration_id, key, now),
+            )] or [r[0] for r in db.execute(
+                f"SELECT rowid FROM jobs WHERE {ready} ORDER BY not_before, rowid LIMIT ?",
                 (orchestration_id, key, now, limit),
-            ).fetchall()
-            alone = [idx for idx, isolated in ready if isolated]
-            chosen = alone[:1] if alone else [idx for idx, _ in ready]
+            )]
             if not chosen:
                 return []
             next_stamp(db, orchestration_id)
             rows = db.execute(
                 f"UPDATE jobs SET status = {IN_PROGRESS}, attempts = attempts + 1, owner = ?,"
                 f" lease_until = ?, started_at = ?, changed = {STAMP}"
-                " WHERE orchestration_id = ? AND idx IN"
-                f" ({', '.join('?' * len(chosen))}) RETURNING job_id, idx, params, attempts",
-                (owner, now + lease, now, orchestration_id, orchestration_id, *chosen),
+                f" WHERE rowid IN ({', '.join('?' * len(chosen))})"
+                " RETURNING job_id, idx, params, attempts",
+                (owner, now + lease, now, orchestration_id, *chosen),
             ).fetchall()
         rows.sort(key=lambda r: r[1])
         return [ClaimedInstance(r[0], r[1], json.loads(r[2]), r[3], owner) for r in rows]
