@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from jobfleet.backends.local.connections import SqliteConnections
+from jobfleet.backends.local.lease_files import LeaseFiles
 from jobfleet.backends.local.schema import (
     INSTANCE_COLUMNS,
     ORCHESTRATION_COLUMNS,
@@ -69,6 +70,7 @@ class SqliteStore(SqliteConnections):
     def __init__(self, path: Path | str) -> None:
         super().__init__(path)
         self._blackout_until = 0.0
+        self._leases = LeaseFiles(self.path.parent / "leases")
         with self._write() as db:
             create_schema(db)
 
@@ -243,6 +245,8 @@ class SqliteStore(SqliteConnections):
         return [ClaimedInstance(r[0], r[1], json.loads(r[2]), r[3], owner) for r in rows]
 
     def heartbeat(self, owner: str, *, now: float, lease: float) -> int:
+        """The owner's lease file first (lease_files.py), then the rows it holds."""
+        self._leases.renew(owner, now + lease)
         with self._write() as db:
             return db.execute(
                 f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND status = {IN_PROGRESS}",
@@ -256,8 +260,8 @@ class SqliteStore(SqliteConnections):
         to expire, no heartbeat could land either, so nothing counts as expired until
         they have (LOCK_BLACKOUT)."""
         sql = (
-            "SELECT job_id, idx, params, attempts, owner FROM jobs WHERE orchestration_id = ?"
-            f" AND status = {IN_PROGRESS} AND "
+            "SELECT job_id, idx, params, attempts, owner, shard FROM jobs"
+            f" WHERE orchestration_id = ? AND status = {IN_PROGRESS} AND "
         )
         waited = self._begin()
         try:
@@ -276,7 +280,11 @@ class SqliteStore(SqliteConnections):
                 )
         finally:
             self._db.execute("COMMIT")
-        return [ClaimedInstance(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
+        alive = {owner: self._leases.until(owner) >= now for owner in {r[4] for r in rows}}
+        return [
+            ClaimedInstance(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows
+            if r[5] == shard or not alive[r[4]]
+        ]
 
     def record_outcomes(self, orchestration_id: str, outcomes: Sequence[Outcome]) -> int:
         now = time.time()
