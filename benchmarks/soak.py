@@ -272,11 +272,17 @@ class Run:
         holds then is what it held when it died (`before`, read just ahead of the signal,
         stands in if a replacement already took the instances back). The one instance it
         was running (its marker, if the store shows it held) may be charged; failing
-        that, the only instance it held."""
+        that, the only instance it held; failing both reads, the marker alone."""
         held = after or before
         mark = read_mark(self.mark, proc.pid)
         charged: int | None = None
-        if mark is not None and mark[0] == proc.orchestration_id and mark[1] in held:
+        if mark is not None and mark[0] == proc.orchestration_id and (
+            mark[1] in held or not held
+        ):
+            # With nothing read as held, the store was read too early (a claim landed
+            # after `before`) and too late (the retried task already took it back):
+            # the marker alone says what was running. A charge can only ever land on
+            # an instance still InProgress, so this cannot excuse any other instance.
             charged = mark[1]
         elif len(held) == 1:
             charged = held[0]
