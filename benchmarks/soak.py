@@ -697,6 +697,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-interval", type=float, default=5.0)
     parser.add_argument("--deadline", type=float, default=900.0,
                         help="seconds after kick-off when waiting stops and the rest is stuck")
+    parser.add_argument("--task-timeout", type=float, default=60.0, metavar="S",
+                        help="gcp: the Cloud Run job's task timeout in the dev stack")
     parser.add_argument("--grace", type=float, default=15.0,
                         help="seconds the run's processes get to exit once all ended")
     parser.add_argument("--seed", type=int, default=1)
@@ -734,7 +736,9 @@ def main(argv: list[str] | None = None) -> int:
             from jobfleet.dev import stack
 
             started = time.perf_counter()
-            running = stack.up(stack_dir, project=GCP_PROJECT, parallelism=args.parallelism)
+            # Cloud Run ends a hung task at the job's task timeout; a short one here.
+            running = stack.up(stack_dir, project=GCP_PROJECT, parallelism=args.parallelism,
+                               task_timeout=args.task_timeout)
             os.environ.update(running.env)
             log(f"dev stack up in {time.perf_counter() - started:.1f} s (state in {stack_dir})")
             raw_events = RawEvents(running.env["GOOGLE_CLOUD_PROJECT"],

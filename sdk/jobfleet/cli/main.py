@@ -100,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     dev_up.add_argument("--project", default="jobfleet-dev")
     dev_up.add_argument("--sweep-every", type=float, default=60.0, metavar="S",
                         help="seconds between sweeps (Cloud Scheduler's job in production)")
+    dev_up.add_argument("--task-timeout", type=float, default=600.0, metavar="S",
+                        help="the Cloud Run job's task timeout (Cloud Run's default: 600)")
     dev_up.add_argument("--parallelism", type=int, default=10,
                         help="Cloud Run job parallelism (tasks at once)")
     dev_sub.add_parser("down", help="stop everything `dev up` started")
@@ -216,7 +218,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print("starting the emulators, the Cloud Run stand-in, the function and the trigger relay"
               " ...", file=sys.stderr)
         running = stack.up(state, project=args.project, parallelism=args.parallelism,
-                           sweep_every=args.sweep_every)
+                           sweep_every=args.sweep_every, task_timeout=args.task_timeout)
     except JobfleetError as exc:
         print(f"jobfleet: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -198,6 +198,7 @@ class CloudRunStandIn:
         command: Sequence[str] = WORKER_COMMAND,
         port: int = 0,
         run_tasks: bool = True,
+        task_timeout: float | None = None,
     ) -> None:
         self.project, self.region, self.job = project, region, job
         self.parallelism = parallelism  # 0: every task at once, as Cloud Run's default
@@ -205,6 +206,7 @@ class CloudRunStandIn:
         self.env = dict(env or {})
         self.command = tuple(command)
         self.run_tasks = run_tasks
+        self.task_timeout = task_timeout  # the job's task timeout (Cloud Run: 10 min)
         self._port = port
         self._lock = threading.Lock()
         self._calls: Counter[str] = Counter()
@@ -360,6 +362,7 @@ class CloudRunStandIn:
                 task_count=task_count,
                 parallelism=parallelism,
                 max_retries=self.max_retries,
+                task_timeout=self.task_timeout,
             )
         execution = Execution(
             name=name, job=self.job, task_count=task_count, parallelism=parallelism,
@@ -450,12 +453,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parallelism", type=int, default=0,
                         help="tasks running at once (0: all of them)")
     parser.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES)
+    parser.add_argument("--task-timeout", type=float, metavar="S",
+                        help="kill a task attempt running longer (Cloud Run's task timeout)")
     parser.add_argument("--env", type=_env_pair, action="append", default=[],
                         metavar="KEY=VALUE", help="the job's container environment")
     args = parser.parse_args(argv)
     standin = CloudRunStandIn(
         project=args.project, region=args.region, job=args.job, parallelism=args.parallelism,
         max_retries=args.max_retries, env=dict(args.env), port=args.port,
+        task_timeout=args.task_timeout,
     ).start()
     done = threading.Event()
 

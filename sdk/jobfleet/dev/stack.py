@@ -38,6 +38,7 @@ from jobfleet.errors import ConfigurationError
 DEFAULT_PROJECT = "jobfleet-dev"
 READY_TIMEOUT = 90.0
 RELAY = "JOBFLEET_TRIGGER_RELAY"
+DEFAULT_TASK_TIMEOUT = 600.0  # Cloud Run's default task timeout
 FUNCTION = "function"  # the part stopped first, so that no invocation meets a stopped emulator
 
 
@@ -115,6 +116,7 @@ def up(
     project: str = DEFAULT_PROJECT,
     parallelism: int = 10,
     sweep_every: float = DEFAULT_EVERY_SECONDS,
+    task_timeout: float = DEFAULT_TASK_TIMEOUT,
 ) -> Stack:
     """Start every part, wait until each answers, and return the environment to use.
 
@@ -129,14 +131,16 @@ def up(
     stack = Stack(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
-        _start(stack, project, parallelism, sweep_every)
+        _start(stack, project, parallelism, sweep_every, task_timeout)
     except BaseException:
         stack.stop()
         raise
     return stack
 
 
-def _start(stack: Stack, project: str, parallelism: int, sweep_every: float) -> None:
+def _start(
+    stack: Stack, project: str, parallelism: int, sweep_every: float, task_timeout: float
+) -> None:
     env = {
         "JOBFLEET_BACKEND": "gcp",
         "GOOGLE_CLOUD_PROJECT": project,
@@ -186,7 +190,7 @@ def _start(stack: Stack, project: str, parallelism: int, sweep_every: float) -> 
         sys.executable, "-m", "jobfleet.dev.cloud_run", "--port", str(cloud_run_port),
         "--project", project, "--region", env["JOBFLEET_REGION"],
         "--job", env["JOBFLEET_CLOUD_RUN_JOB"], "--parallelism", str(parallelism),
-        *worker_env,
+        "--task-timeout", str(task_timeout), *worker_env,
     ], env)
     function_url = f"http://127.0.0.1:{function_port}/"
     stack.spawn(FUNCTION, [

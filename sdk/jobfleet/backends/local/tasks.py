@@ -9,6 +9,7 @@ local supervisor and the Cloud Run stand-in both run their tasks with this.
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ class TaskState:
     attempt: int = 0
     process: subprocess.Popen[bytes] | None = None
     exit_code: int | None = None  # of the latest attempt, once it ended
+    started: float = 0.0  # monotonic time the latest attempt started
 
     @property
     def succeeded(self) -> bool:
@@ -41,6 +43,9 @@ class TaskSet:
     task_count: int
     parallelism: int
     max_retries: int
+    # Cloud Run's task timeout: an attempt running longer is killed (and retried while
+    # retries last). None: no limit, as the local supervisor runs them.
+    task_timeout: float | None = None
     tasks: list[TaskState] = field(default_factory=list)
     cancelled: bool = False
 
@@ -80,6 +85,7 @@ class TaskSet:
             "CLOUD_RUN_TASK_ATTEMPT": str(task.attempt),
         }
         task.exit_code = None
+        task.started = time.monotonic()
         task.process = subprocess.Popen(list(self.command), env=env, stdin=subprocess.DEVNULL)
 
     def _waiting(self) -> list[TaskState]:
@@ -99,6 +105,9 @@ class TaskSet:
         ended = []
         for task in self.running:
             assert task.process is not None
+            if self.task_timeout and time.monotonic() - task.started > self.task_timeout:
+                task.process.kill()  # SIGKILL works on a stopped process too
+                task.process.wait()
             code = task.process.poll()
             if code is not None:
                 task.process, task.exit_code = None, code
