@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 import time
 import uuid
@@ -31,6 +32,8 @@ from jobfleet.core.results import Results, partition
 from jobfleet.core.sweep import Ports, sweep, sweep_orchestration
 from jobfleet.errors import LaunchFailed, NoEventHistory, WaitTimeout
 from jobfleet.log_lines import LogLine
+
+log = logging.getLogger(__name__)
 
 WATCH_SLICE_SECONDS = 1.0
 EVENT_HISTORY = 200  # orchestrations looked at when the event bus keeps no history
@@ -71,8 +74,18 @@ class Orchestration:
                 snap, quiet_since = current, time.monotonic()
                 yield snap
             elif time.monotonic() - quiet_since >= SWEEP_WHEN_QUIET_SECONDS:
-                sweep_orchestration(self.fleet.ports, snap)
+                self._sweep(snap)
                 quiet_since = time.monotonic()
+
+    def _sweep(self, snap: OrchestrationSnapshot) -> None:
+        """A watcher's sweep is a courtesy: a failure of it (a store busy with the very
+        writers it watches) is logged and tried again at the next quiet spell, never
+        raised to the one who is only waiting."""
+        try:
+            sweep_orchestration(self.fleet.ports, snap)
+        except Exception as exc:
+            log.warning("sweeping orchestration %s failed (%s); trying again later",
+                        self.id, exc)
 
     def wait(self, timeout: float | None = None) -> OrchestrationSnapshot:
         """Block until every instance is terminal and the completion event is out."""
