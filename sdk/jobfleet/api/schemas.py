@@ -150,3 +150,4 @@ class SweepReport(BaseModel):
     reaped: int = Field(description="orchestrations with hung workers' claims recovered")
     recovered: int = Field(description="recovery executions launched for shards left behind")
     ended: int = Field(description="orchestrations ended Errored: executions made no progress")
+    failed: int = Field(description="orchestrations that could not be swept now (tried again)")

@@ -257,8 +257,9 @@ def dispatch(fleet: JobFleet, args: argparse.Namespace) -> int:
     if command == "logs":
         return cmd_logs(fleet, args)
     if command == "sweep":
-        render.sweep(fleet.sweep(), args.json)
-        return EXIT_OK
+        done = fleet.sweep()
+        render.sweep(done, args.json)
+        return EXIT_FAILED if done["failed"] else EXIT_OK
     if command == "list":
         status = Status(args.status) if args.status else None
         render.history(fleet.history(limit=args.limit, job_name=args.job, status=status), args.json)

@@ -15,6 +15,7 @@ conditional, and a launch that loses a race is cancelled).
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections import Counter
@@ -27,6 +28,8 @@ from jobfleet.core.recovery import Owner, held_by, lost_worker_outcomes
 from jobfleet.core.registry import job_sources
 from jobfleet.core.retry import RetryPolicy
 
+log = logging.getLogger(__name__)
+
 LEASE_EXPIRED = "its worker stopped renewing its lease (hung or lost)"
 CONFIRM_SECONDS = 2.0  # longer than a worker's pause after a heartbeat that failed
 
@@ -37,7 +40,8 @@ REAPED = "reaped"  # hung workers' claims recovered (and their tasks stopped)
 RECOVERED = "recovered"  # a recovery execution for shards left without a live task
 ENDED = "ended"  # executions stopped making progress: what was left ended Errored
 NOTHING = "nothing"
-ACTIONS = (ANNOUNCED, LAUNCHED, REAPED, RECOVERED, ENDED)
+FAILED = "failed"  # could not be swept this time; the next sweep tries again
+ACTIONS = (ANNOUNCED, LAUNCHED, REAPED, RECOVERED, ENDED, FAILED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +52,16 @@ class Ports:
 
 
 def sweep(ports: Ports, *, now: float | None = None) -> Counter[str]:
-    """Sweep every unsettled orchestration; returns how many got each action."""
+    """Sweep every unsettled orchestration; returns how many got each action. One that
+    cannot be swept now (its store busy) counts as FAILED and does not stop the others:
+    the next sweep tries it again."""
     done: Counter[str] = Counter()
     for snap in ports.store.unsettled_orchestrations():
-        done[sweep_orchestration(ports, snap, now=now)] += 1
+        try:
+            done[sweep_orchestration(ports, snap, now=now)] += 1
+        except Exception as exc:
+            log.warning("sweeping orchestration %s failed: %s", snap.id, exc)
+            done[FAILED] += 1
     return done
 
 
