@@ -6,13 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def state(pid: int) -> str | None:
-    """The process's state letter (R, S, T, Z, ...), or None once it is gone."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, ...),
+    or None once the process is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat[stat.rindex(")") + 2:].split()[0]
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def state(pid: int) -> str | None:
+    """The process's state letter (R, S, T, Z, ...), or None once it is gone."""
+    fields = _stat(pid)
+    return None if fields is None else fields[0]
 
 
 def is_stopped(pid: int) -> bool:
@@ -23,14 +30,8 @@ def group_members(pgid: int) -> list[int]:
     """The live (not zombie) processes of a process group."""
     members = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
+        fields = _stat(int(entry.name)) if entry.name.isdigit() else None
+        if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
             members.append(int(entry.name))
     return members
 
