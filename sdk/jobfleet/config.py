@@ -35,6 +35,12 @@ class Settings:
     cloud_run_job: str = DEFAULT_CLOUD_RUN_JOB
     cloud_run_endpoint: str | None = None
     topic: str = DEFAULT_TOPIC
+    # Cloud Scheduler (backends/gcp/cloud_scheduler.py): its API endpoint (None: Google's),
+    # the API service's URL its jobs POST fires to, and the service account whose OIDC
+    # token they carry (the API lists it in JOBFLEET_API_PRINCIPALS).
+    scheduler_endpoint: str | None = None
+    api_url: str | None = None
+    scheduler_service_account: str | None = None
     # How long a worker's claim lives without a heartbeat: a worker silent for longer
     # is treated as dead (stopped and replaced, its instances recovered).
     lease_seconds: float = DEFAULT_LEASE_SECONDS
@@ -75,6 +81,9 @@ class Settings:
             cloud_run_job=env.get("JOBFLEET_CLOUD_RUN_JOB") or DEFAULT_CLOUD_RUN_JOB,
             cloud_run_endpoint=env.get("JOBFLEET_CLOUD_RUN_ENDPOINT") or None,
             topic=env.get("JOBFLEET_TOPIC") or DEFAULT_TOPIC,
+            scheduler_endpoint=env.get("JOBFLEET_CLOUD_SCHEDULER_ENDPOINT") or None,
+            api_url=env.get("JOBFLEET_API_URL") or None,
+            scheduler_service_account=env.get("JOBFLEET_SCHEDULER_SERVICE_ACCOUNT") or None,
             lease_seconds=_positive(env, "JOBFLEET_LEASE_SECONDS", DEFAULT_LEASE_SECONDS),
             log_limit_bytes=int(
                 _positive(env, "JOBFLEET_LOG_LIMIT_BYTES", DEFAULT_LOG_LIMIT_BYTES)

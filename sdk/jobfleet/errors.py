@@ -124,3 +124,32 @@ class JobNotImportable(JobfleetError):
             "--jobs-module), or declare it in a script file run as `python script.py`."
         )
         self.name = name
+
+
+class InvalidSchedule(JobfleetError, ValueError):
+    """A schedule's declaration is wrong (cron, zone, job, params, options, policy)."""
+
+
+class UnknownSchedule(JobfleetError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no schedule {name!r}; `jobfleet schedule list` shows the known ones")
+        self.name = name
+
+
+class ScheduleExists(JobfleetError):
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"a schedule named {name!r} exists already; update it, or delete it first"
+        )
+        self.name = name
+
+
+class FireInProgress(JobfleetError):
+    """Another delivery of the same scheduled time is firing it right now."""
+
+    def __init__(self, name: str, scheduled_at: str) -> None:
+        super().__init__(
+            f"schedule {name!r} at {scheduled_at} is being fired by another delivery; "
+            "try again in a few seconds"
+        )
+        self.name = name

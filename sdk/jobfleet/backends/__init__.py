@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from jobfleet.config import Settings
-from jobfleet.core.ports import EventBus, Launcher, LogReader, Store
+from jobfleet.core.ports import EventBus, Launcher, LogReader, ScheduleTimer, Store
 from jobfleet.errors import ConfigurationError, UnusableHome
 
 GCP_DEFAULT_PARALLELISM = 10
@@ -19,6 +19,7 @@ class Backend:
     launcher: Launcher
     bus: EventBus
     logs: LogReader
+    timer: ScheduleTimer
     default_parallelism: int
     # Locally the worker announces completion itself; on Google Cloud the
     # Firestore-triggered function does, and workers only write their instances.
@@ -91,22 +92,26 @@ def open_backend(settings: Settings) -> Backend:
     if settings.backend == "local":
         from jobfleet.backends.local.launcher import ProcessLauncher
         from jobfleet.backends.local.logs import FileLogs
+        from jobfleet.backends.local.timer import LocalTimer
 
         return Backend(
             store=store,
             launcher=ProcessLauncher(settings),
             bus=open_bus(settings),
             logs=FileLogs(settings),
+            timer=LocalTimer(),
             default_parallelism=default_parallelism(settings),
         )
     from jobfleet.backends.gcp.cloud_logging import CloudLoggingLogs
     from jobfleet.backends.gcp.cloud_run import CloudRunLauncher
+    from jobfleet.backends.gcp.cloud_scheduler import CloudSchedulerTimer
 
     return Backend(
         store=store,
         launcher=CloudRunLauncher(settings),
         bus=open_bus(settings),
         logs=CloudLoggingLogs(settings.require_project()),
+        timer=CloudSchedulerTimer(settings),
         default_parallelism=default_parallelism(settings),
         worker_settles=False,
     )

@@ -24,6 +24,7 @@ from jobfleet.core.models import (
     Status,
     Success,
 )
+from jobfleet.core.schedules import Fire, Schedule
 from jobfleet.log_lines import LogLine
 
 
@@ -167,7 +168,46 @@ class Store(Protocol):
         Pushed where the store can (a Firestore listener), never a busy loop.
         """
 
+    # Schedules (core/schedules.py) and their fires, keyed by (schedule, scheduled time).
+
+    def save_schedule(self, schedule: Schedule, *, create: bool) -> None:
+        """Write a schedule; with `create`, ScheduleExists if one of that name exists."""
+
+    def get_schedule(self, name: str) -> Schedule:
+        """Raises UnknownSchedule."""
+
+    def list_schedules(self) -> list[Schedule]:
+        """By name."""
+
+    def delete_schedule(self, name: str) -> bool:
+        """False if there was none (its fires stay, as history)."""
+
+    def claim_fire(self, fire: Fire, *, now: float) -> tuple[bool, Fire]:
+        """Claim one scheduled time for the caller in one conditional write: `fire` is
+        stored FIRING with the next attempt number when `may_claim` allows it. Returns
+        whether the caller won, and the fire as it then stands."""
+
+    def finish_fire(self, fire: Fire) -> bool:
+        """Record a fire's outcome, if the stored fire is still FIRING at `fire.attempt`
+        (a claimant whose hold lapsed and was replaced records nothing)."""
+
+    def get_fire(self, schedule: str, scheduled_at: float) -> Fire | None: ...
+
+    def list_fires(self, schedule: str, *, limit: int = 20) -> list[Fire]:
+        """Newest scheduled time first."""
+
     def close(self) -> None: ...
+
+
+class ScheduleTimer(Protocol):
+    """What makes schedules fire on time: Cloud Scheduler jobs on Google Cloud; locally
+    nothing to deploy (the local scheduler reads the store)."""
+
+    def apply(self, schedule: Schedule) -> None:
+        """Create or update the timing of `schedule` (paused or not)."""
+
+    def remove(self, name: str) -> None:
+        """Delete the timing of a schedule; no error if there is none."""
 
 
 class Launcher(Protocol):

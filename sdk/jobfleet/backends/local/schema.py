@@ -1,6 +1,6 @@
 """The embedded store's schema: it mirrors the Firestore layout (docs/design.md, State), an
-orchestrations table and a jobs table keyed by (orchestration_id, index), plus the
-local event log's table."""
+orchestrations table and a jobs table keyed by (orchestration_id, index), the schedules
+and their fires keyed by (schedule, scheduled time), plus the local event log's table."""
 
 from __future__ import annotations
 
@@ -60,6 +60,16 @@ CREATE INDEX IF NOT EXISTS jobs_isolated ON jobs (orchestration_id, shard, not_b
     WHERE isolated = 1 AND status = 'Pending';
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner) WHERE owner IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_by_change ON jobs (orchestration_id, changed);
+CREATE TABLE IF NOT EXISTS schedules (
+    name TEXT PRIMARY KEY,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fires (
+    schedule TEXT NOT NULL,
+    scheduled_at REAL NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (schedule, scheduled_at)
+);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL UNIQUE,

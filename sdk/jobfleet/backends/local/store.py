@@ -14,6 +14,7 @@ from typing import Any
 
 from jobfleet.backends.local.connections import SqliteConnections
 from jobfleet.backends.local.lease_files import LeaseFiles
+from jobfleet.backends.local.schedule_store import SqliteSchedules
 from jobfleet.backends.local.schema import (
     INSTANCE_COLUMNS,
     ORCHESTRATION_COLUMNS,
@@ -62,7 +63,7 @@ ENDED = _sql(*TERMINAL)
 LOCK_BLACKOUT = 1.0
 
 
-class SqliteStore(SqliteConnections):
+class SqliteStore(SqliteSchedules, SqliteConnections):
     """Safe to share between threads: each thread gets connections of its own."""
 
     stamp_margin = 0.0  # `changed` is a per-orchestration commit sequence

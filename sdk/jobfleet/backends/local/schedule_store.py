@@ -1,0 +1,103 @@
+"""The embedded store's schedules and fires (the Store port's schedule half).
+
+A fire is claimed inside one write transaction that reads the fire as it stands and
+applies `may_claim`, so two schedulers on the same home, or two deliveries of the same
+scheduled time, start one run between them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from jobfleet.core.schedules import Fire, FireState, Schedule, may_claim
+from jobfleet.errors import ScheduleExists, UnknownSchedule
+
+
+class SqliteSchedules:
+    """Mixed into SqliteStore, which provides the connections."""
+
+    if TYPE_CHECKING:
+        @property
+        def _db(self) -> sqlite3.Connection: ...
+
+        def _write(self) -> AbstractContextManager[sqlite3.Connection]: ...
+
+    def save_schedule(self, schedule: Schedule, *, create: bool) -> None:
+        data = json.dumps(schedule.to_json())
+        with self._write() as db:
+            if create:
+                try:
+                    db.execute("INSERT INTO schedules (name, data) VALUES (?, ?)",
+                               (schedule.name, data))
+                except sqlite3.IntegrityError:
+                    raise ScheduleExists(schedule.name) from None
+            else:
+                db.execute(
+                    "INSERT INTO schedules (name, data) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET data = excluded.data",
+                    (schedule.name, data),
+                )
+
+    def get_schedule(self, name: str) -> Schedule:
+        row = self._db.execute("SELECT data FROM schedules WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise UnknownSchedule(name)
+        return Schedule.from_json(json.loads(row[0]))
+
+    def list_schedules(self) -> list[Schedule]:
+        rows = self._db.execute("SELECT data FROM schedules ORDER BY name").fetchall()
+        return [Schedule.from_json(json.loads(r[0])) for r in rows]
+
+    def delete_schedule(self, name: str) -> bool:
+        with self._write() as db:
+            return db.execute("DELETE FROM schedules WHERE name = ?", (name,)).rowcount == 1
+
+    def claim_fire(self, fire: Fire, *, now: float) -> tuple[bool, Fire]:
+        with self._write() as db:
+            existing = self._fire(db, fire.schedule, fire.scheduled_at)
+            if not may_claim(existing, now):
+                assert existing is not None
+                return False, existing
+            claimed = replace(
+                fire, state=FireState.FIRING,
+                attempt=1 if existing is None else existing.attempt + 1,
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO fires (schedule, scheduled_at, data) VALUES (?, ?, ?)",
+                (fire.schedule, fire.scheduled_at, json.dumps(claimed.to_json())),
+            )
+            return True, claimed
+
+    def finish_fire(self, fire: Fire) -> bool:
+        with self._write() as db:
+            existing = self._fire(db, fire.schedule, fire.scheduled_at)
+            if existing is None or existing.state is not FireState.FIRING \
+                    or existing.attempt != fire.attempt:
+                return False
+            db.execute(
+                "UPDATE fires SET data = ? WHERE schedule = ? AND scheduled_at = ?",
+                (json.dumps(fire.to_json()), fire.schedule, fire.scheduled_at),
+            )
+            return True
+
+    def get_fire(self, schedule: str, scheduled_at: float) -> Fire | None:
+        return self._fire(self._db, schedule, scheduled_at)
+
+    def list_fires(self, schedule: str, *, limit: int = 20) -> list[Fire]:
+        rows = self._db.execute(
+            "SELECT data FROM fires WHERE schedule = ? ORDER BY scheduled_at DESC LIMIT ?",
+            (schedule, limit),
+        ).fetchall()
+        return [Fire.from_json(json.loads(r[0])) for r in rows]
+
+    @staticmethod
+    def _fire(db: sqlite3.Connection, schedule: str, scheduled_at: float) -> Fire | None:
+        row = db.execute(
+            "SELECT data FROM fires WHERE schedule = ? AND scheduled_at = ?",
+            (schedule, scheduled_at),
+        ).fetchone()
+        return None if row is None else Fire.from_json(json.loads(row[0]))
