@@ -11,23 +11,28 @@ from jobfleet.core.models import (
     Success,
 )
 from jobfleet.core.registry import job
+from jobfleet.core.schedules import CatchUp, Overlap, Schedule, params_provider, schedule
 from jobfleet.errors import (
     InvalidOption,
     InvalidParams,
+    InvalidSchedule,
     JobfleetError,
     JobTimeout,
     LaunchFailed,
     UnknownJob,
     UnknownOrchestration,
+    UnknownSchedule,
     WaitTimeout,
 )
 from jobfleet.fleet import JobFleet, Orchestration
 
 __all__ = [
+    "CatchUp",
     "ErrorInfo",
     "Failure",
     "InvalidOption",
     "InvalidParams",
+    "InvalidSchedule",
     "JobCompletedEvent",
     "JobFleet",
     "JobTimeout",
@@ -35,10 +40,15 @@ __all__ = [
     "LaunchFailed",
     "Orchestration",
     "OrchestrationSnapshot",
+    "Overlap",
+    "Schedule",
     "Status",
     "Success",
     "UnknownJob",
     "UnknownOrchestration",
+    "UnknownSchedule",
     "WaitTimeout",
     "job",
+    "params_provider",
+    "schedule",
 ]

@@ -32,6 +32,7 @@ from jobfleet.core.results import Results, partition
 from jobfleet.core.sweep import Ports, sweep, sweep_orchestration
 from jobfleet.errors import LaunchFailed, NoEventHistory, WaitTimeout
 from jobfleet.log_lines import LogLine
+from jobfleet.scheduling import Schedules
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,11 @@ class JobFleet:
     def close(self) -> None:
         if self._backend is not None:
             self._backend.close()
+
+    @property
+    def schedules(self) -> Schedules:
+        """Create, change, fire and sync schedules (jobfleet.scheduling)."""
+        return Schedules(self)
 
     @property
     def ports(self) -> Ports:

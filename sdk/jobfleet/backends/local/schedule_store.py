@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from contextlib import AbstractContextManager
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
+from jobfleet.backends.local.connections import SqliteConnections
 from jobfleet.core.schedules import Fire, FireState, Schedule, may_claim
 from jobfleet.errors import ScheduleExists, UnknownSchedule
 
 
-class SqliteSchedules:
-    """Mixed into SqliteStore, which provides the connections."""
-
-    if TYPE_CHECKING:
-        @property
-        def _db(self) -> sqlite3.Connection: ...
-
-        def _write(self) -> AbstractContextManager[sqlite3.Connection]: ...
+class SqliteSchedules(SqliteConnections):
+    """The schedule half of SqliteStore."""
 
     def save_schedule(self, schedule: Schedule, *, create: bool) -> None:
         data = json.dumps(schedule.to_json())

@@ -12,7 +12,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from jobfleet.backends.local.connections import SqliteConnections
 from jobfleet.backends.local.lease_files import LeaseFiles
 from jobfleet.backends.local.schedule_store import SqliteSchedules
 from jobfleet.backends.local.schema import (
@@ -63,7 +62,7 @@ ENDED = _sql(*TERMINAL)
 LOCK_BLACKOUT = 1.0
 
 
-class SqliteStore(SqliteSchedules, SqliteConnections):
+class SqliteStore(SqliteSchedules):
     """Safe to share between threads: each thread gets connections of its own."""
 
     stamp_margin = 0.0  # `changed` is a per-orchestration commit sequence
