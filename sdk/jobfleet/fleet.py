@@ -203,8 +203,12 @@ class JobFleet:
     def sweep(self) -> Counter[str]:
         """Bring back whatever faults left behind, in every unsettled orchestration (see
         core/sweep.py); returns how many orchestrations got each action. Safe to run at
-        any time, from any number of processes."""
-        return sweep(self.ports)
+        any time, from any number of processes. On Google Cloud it also fires what
+        schedules missed (Cloud Scheduler never catches up; locally the scheduler does)."""
+        done = sweep(self.ports)
+        if self.settings.backend == "gcp":
+            self.schedules.catch_up()
+        return done
 
     def __enter__(self) -> JobFleet:
         return self

@@ -6,9 +6,10 @@ seconds, so a schedule created, changed or paused elsewhere is seen), then fires
 is due on a small thread pool. Any number of schedulers may run on one home: every
 fire is claimed in the store by (schedule, scheduled time), so each time starts once.
 
-A scheduler that starts picks up from each schedule's last fire, so the fires missed
-while none was running follow the schedule's catch-up policy (core/schedules.py). A
-paused schedule owes nothing for the time it was paused.
+Every minute it also sweeps (`jobfleet sweep`), so that a laptop running a scheduler
+heals itself as production does. A scheduler that starts picks up from each schedule's
+last fire, so the fires missed while none was running follow the schedule's catch-up
+policy (core/schedules.py). A paused schedule owes nothing for the time it was paused.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RELOAD_SECONDS = 5.0  # how stale the scheduler's view of the schedules may be
+SWEEP_SECONDS = 60.0  # a scheduler also sweeps (core/sweep.py), as Cloud Scheduler does
 FIRING_THREADS = 4
 Fire = Callable[[str, float, Trigger], object]
 Clock = Callable[[], float]
@@ -55,7 +57,11 @@ class LocalScheduler:
         with ThreadPoolExecutor(FIRING_THREADS, thread_name_prefix="jobfleet-fire") as pool:
             if on_ready:
                 on_ready()
+            swept = time.monotonic() - SWEEP_SECONDS
             while not stop.is_set():
+                if time.monotonic() - swept >= SWEEP_SECONDS:
+                    swept = time.monotonic()
+                    pool.submit(self._sweep)
                 now = self.clock()
                 wake = self.tick(now, lambda *due: pool.submit(self._fire, *due))
                 stop.wait(max(0.0, min(wake, now + RELOAD_SECONDS) - self.clock()))
@@ -84,22 +90,20 @@ class LocalScheduler:
         version = (schedule.cron, schedule.timezone, schedule.paused, schedule.updated_at)
         tracked = self._tracked.get(schedule.name)
         if tracked is None:
-            cursor = self._last_fired(schedule, now)
+            cursor = self.fleet.schedules.resume_point(schedule, now)
             tracked = _Tracked(version, cursor, _next(schedule, cursor))
             self._tracked[schedule.name] = tracked
         elif tracked.version != version:
             tracked.version, tracked.due_at = version, _next(schedule, tracked.cursor)
         return tracked
 
-    def _last_fired(self, schedule: Schedule, now: float) -> float:
-        """Where a scheduler starting now picks up: the last time fired by the cron (or a
-        catch-up), else the schedule's last change (creation, a resume, an edit): a
-        schedule owes nothing from before it was last changed."""
-        changed = min(schedule.updated_at or schedule.created_at or now, now)
-        for fire in self.fleet.schedules.history(schedule.name, limit=20):
-            if fire.trigger is not Trigger.MANUAL:
-                return max(fire.scheduled_at, changed)
-        return changed
+    def _sweep(self) -> None:
+        try:
+            self.fleet.sweep()
+        except Exception as exc:
+            log.warning("sweep failed: %s", exc)
+        finally:
+            self.fleet.release_thread()
 
     def _fire_logged(self, name: str, scheduled_at: float, trigger: Trigger) -> None:
         try:

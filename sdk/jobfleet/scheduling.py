@@ -10,6 +10,7 @@ dead one may have started (tagged with the scheduled time) before starting one.
 from __future__ import annotations
 
 import builtins
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from jobfleet.core.schedules import (
     Trigger,
     build,
     declared_schedules,
+    due_fires,
     parameter_sets,
 )
 from jobfleet.errors import FireInProgress, UnknownSchedule
@@ -33,11 +35,15 @@ if TYPE_CHECKING:
     from jobfleet.core.ports import ScheduleTimer, Store
     from jobfleet.fleet import JobFleet
 
+log = logging.getLogger(__name__)
+
 SCHEDULE_TIME_TAG = "schedule_time"  # the scheduled time a run was started for (RFC 3339)
 # How long a fire's claim holds before another delivery may take it over: longer than
 # any kick-off takes, shorter than Cloud Scheduler goes on retrying a fire.
 FIRE_HOLD_SECONDS = 300.0
 PREVIOUS_RUNS_LOOKED_AT = 20
+# Past this, a fire the timer owed is missed: Cloud Scheduler's retries of it are over.
+CATCH_UP_AFTER = 30 * 60.0
 EDITABLE = frozenset({
     "job_name", "cron", "timezone", "params", "params_provider", "parallelism", "retries",
     "timeout", "tags", "overlap", "catch_up", "description",
@@ -216,6 +222,37 @@ class Schedules:
             snap = self._store.get_orchestration(earlier.orchestration_id)
             return None if snap.status.terminal else snap.id
         return None
+
+    def resume_point(self, schedule: Schedule, now: float) -> float:
+        """Where a scheduler coming back picks up a schedule: its last fire by the cron
+        (or a catch-up), else its last change (creation, a resume, an edit). A schedule
+        owes nothing from before it was last changed."""
+        changed = min(schedule.updated_at or schedule.created_at or now, now)
+        for fire in self.history(schedule.name, limit=PREVIOUS_RUNS_LOOKED_AT):
+            if fire.trigger is not Trigger.MANUAL:
+                return max(fire.scheduled_at, changed)
+        return changed
+
+    def catch_up(self, now: float | None = None,
+                 missed_after: float = CATCH_UP_AFTER) -> builtins.list[FireResult]:
+        """Fire what each schedule missed by more than `missed_after` seconds, as its
+        catch-up policy says. Cloud Scheduler never catches up itself; the sweep calls
+        this, late enough that Cloud Scheduler's own retries of a fire are over."""
+        now = time.time() if now is None else now
+        fired: builtins.list[FireResult] = []
+        for schedule in self.list():
+            if schedule.paused:
+                continue
+            after = self.resume_point(schedule, now)
+            owed = due_fires(schedule, after=after, now=now, missed_after=missed_after)
+            for scheduled_at, trigger in owed:
+                if trigger is not Trigger.CATCH_UP:
+                    continue  # not missed yet: the timer's to fire
+                try:
+                    fired.append(self.fire(schedule.name, scheduled_at, trigger=trigger))
+                except Exception as exc:  # recorded on the fire; the next sweep retries it
+                    log.warning("catching up schedule %s failed: %s", schedule.name, exc)
+        return fired
 
     # -- schedules as code ---------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -59,7 +60,7 @@ def test_an_hourly_cron_fires_every_real_hour_across_both_changes() -> None:
         "2026-10-25 01:00 CEST", "2026-10-25 02:00 CEST", "2026-10-25 02:00 CET",
         "2026-10-25 03:00 CET", "2026-10-25 04:00 CET",
     ]
-    assert all(b - a == 3600 for a, b in zip(autumn, autumn[1:], strict=False))
+    assert all(b - a == 3600 for a, b in itertools.pairwise(autumn))
     spring = hourly.between(at("2026-03-29T00:30"), at("2026-03-29T04:30"))
     assert [local(t) for t in spring] == [
         "2026-03-29 01:00 CET", "2026-03-29 03:00 CEST", "2026-03-29 04:00 CEST",

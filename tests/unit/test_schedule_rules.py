@@ -23,6 +23,7 @@ from jobfleet.core.schedules import (
 )
 from jobfleet.errors import InvalidSchedule
 
+
 class Customer(BaseModel):
     customer: int
 

@@ -302,12 +302,14 @@ def parameter_sets(s: Schedule) -> Iterable[Any]:
     return get_provider(s.params_provider)()
 
 
-def due_fires(s: Schedule, *, after: float, now: float) -> list[tuple[float, Trigger]]:
+def due_fires(
+    s: Schedule, *, after: float, now: float, missed_after: float = MISSED_AFTER
+) -> list[tuple[float, Trigger]]:
     """The fires a scheduler owes for (after, now]: on time ones as CRON, and the missed
-    ones (late by more than MISSED_AFTER) as its catch-up policy says."""
+    ones (late by more than `missed_after`) as its catch-up policy says."""
     times = s.timing.between(after, now)
-    on_time = [(t, Trigger.CRON) for t in times if now - t <= MISSED_AFTER]
-    missed = [t for t in times if now - t > MISSED_AFTER]
+    on_time = [(t, Trigger.CRON) for t in times if now - t <= missed_after]
+    missed = [t for t in times if now - t > missed_after]
     if not missed or s.catch_up is CatchUp.NONE:
         caught: list[tuple[float, Trigger]] = []
     elif s.catch_up is CatchUp.LATEST:
