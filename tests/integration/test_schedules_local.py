@@ -199,3 +199,15 @@ def test_a_paused_schedule_owes_nothing_for_its_pause(fleet: JobFleet) -> None:
     scheduler.tick(T0 + 3 * 3600 + 20, recorder)
     scheduler.tick(T0 + 4 * 3600 + 1, recorder)
     assert recorder.fired == [("napping", T0 + 4 * 3600, Trigger.CRON)]
+
+
+def test_the_sweeps_catch_up_fires_only_what_the_timer_missed_for_good(
+    fleet: JobFleet,
+) -> None:
+    fleet.schedules.create("missed", job="greet", cron="0 * * * *",
+                           params=[{"name": "m", "count": 1}])
+    created_at(fleet, "missed", T0 - 60)
+    assert fleet.schedules.catch_up(now=T0 + 600) == []  # Cloud Scheduler may still retry
+    [caught] = fleet.schedules.catch_up(now=T0 + 5 * 3600 + 2400)
+    assert (caught.fire.scheduled_at, caught.fire.trigger) == (T0 + 5 * 3600, Trigger.CATCH_UP)
+    assert fleet.schedules.catch_up(now=T0 + 5 * 3600 + 2500) == []  # once
