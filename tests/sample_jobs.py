@@ -97,3 +97,11 @@ def hold_the_store_lock(params: dict[str, Any]) -> int:
     (Path(params["dir"]) / "locked").write_text(str(os.getpid()))
     time.sleep(600)
     return 0
+
+
+@job("until_fixed", retries=0)
+def until_fixed(params: dict[str, Any]) -> int:
+    """Fails while the file `broken` names exists: a run whose re-run can succeed."""
+    if params.get("broken") and Path(params["broken"]).exists():
+        raise RuntimeError(f"item {params['n']} is broken")
+    return int(params["n"])

@@ -153,3 +153,7 @@ class FireInProgress(JobfleetError):
             "try again in a few seconds"
         )
         self.name = name
+
+
+class NothingToRerun(JobfleetError):
+    """A re-run was asked of an orchestration with no instance in the chosen states."""

@@ -19,28 +19,51 @@ from jobfleet.config import Settings
 from jobfleet.core import params as param_sets
 from jobfleet.core.completion import settle, settle_without_workers
 from jobfleet.core.models import (
+    Failure,
     JobCompletedEvent,
     JobInstance,
     NewOrchestration,
     OrchestrationSnapshot,
     RunOptions,
     Status,
+    Success,
 )
 from jobfleet.core.options import check_options
 from jobfleet.core.registry import get_launchable_job, import_jobs, job_sources
 from jobfleet.core.results import Results, partition
 from jobfleet.core.sweep import Ports, sweep, sweep_orchestration
-from jobfleet.errors import LaunchFailed, NoEventHistory, WaitTimeout
+from jobfleet.errors import (
+    InvalidOption,
+    LaunchFailed,
+    NoEventHistory,
+    NothingToRerun,
+    WaitTimeout,
+)
 from jobfleet.log_lines import LogLine
 from jobfleet.scheduling import Schedules
 
 log = logging.getLogger(__name__)
 
 WATCH_SLICE_SECONDS = 1.0
+# Tags jobfleet sets to link runs; a re-run does not inherit them from what it re-runs.
+RERUN_TAG = "rerun_of"
+LINK_TAGS = frozenset({RERUN_TAG, "schedule", "schedule_time"})
+RERUN_CHOICES = {"failed": Status.ERRORED, "cancelled": Status.CANCELLED}
 EVENT_HISTORY = 200  # orchestrations looked at when the event bus keeps no history
 # With no change for this long, a watcher sweeps the orchestration (core/sweep.py): it
 # never fails live work, and it brings back what a dead execution or publisher left.
 SWEEP_WHEN_QUIET_SECONDS = 5.0
+
+
+def rerun_statuses(which: str | Iterable[str]) -> frozenset[Status]:
+    """The statuses a re-run takes, from "failed", "cancelled" or both."""
+    names = [which] if isinstance(which, str) else list(which)
+    unknown = [n for n in names if n not in RERUN_CHOICES]
+    if unknown or not names:
+        raise InvalidOption(
+            f"a re-run takes 'failed', 'cancelled' or both, got {unknown or names!r}"
+        )
+    return frozenset(RERUN_CHOICES[n] for n in names)
 
 
 class Orchestration:
@@ -155,6 +178,52 @@ class Orchestration:
             return False
         return not (snap.execution and self.fleet.backend.launcher.is_running(snap.execution))
 
+    def rerun(
+        self, which: str | Iterable[str] = "failed", *, parallelism: int | None = None
+    ) -> Orchestration:
+        """A new orchestration of the same job over exactly the instances of this one
+        that ended `which` ("failed" = Errored, "cancelled", or both), with their
+        original params and indexes, the same options and tags, and the tag
+        `rerun_of=<this id>`. `merged_results` reads a run and its re-runs as one."""
+        wanted = rerun_statuses(which)
+        snap = self.status()
+        if not snap.status.terminal:
+            raise InvalidOption(
+                f"orchestration {self.id} is still running; wait for it or cancel it, "
+                "then re-run what failed"
+            )
+        chosen = [f for f in self.fleet.backend.store.results(self.id)
+                  if isinstance(f, Failure) and f.status in wanted]
+        if not chosen:
+            names = " or ".join(sorted(s.value for s in wanted))
+            raise NothingToRerun(f"orchestration {self.id} has no {names} instance to re-run")
+        chosen.sort(key=lambda f: f.index)
+        tags = {k: v for k, v in snap.tags.items() if k not in LINK_TAGS} | {RERUN_TAG: self.id}
+        with tracing.kick_off_span(snap.job_name) as trace:
+            return self.fleet._kick_off(
+                snap.job_name, [f.params for f in chosen],
+                parallelism=parallelism or min(snap.options.parallelism, len(chosen)),
+                tags=tags, retries=snap.options.retries, timeout=snap.options.timeout,
+                traceparent=trace.traceparent, indexes=[f.index for f in chosen],
+            )
+
+    def reruns(self) -> list[OrchestrationSnapshot]:
+        """The re-runs of this orchestration (not of its re-runs), oldest first."""
+        found = self.fleet.history(limit=1000, tag=(RERUN_TAG, self.id))
+        return sorted(found, key=lambda s: s.created_at)
+
+    def merged_results(self) -> Results:
+        """This run's results with its re-runs' (and theirs') laid over them: the last
+        outcome of each original index."""
+        last: dict[int, Success | Failure] = {}
+        pending = [self.id]
+        while pending:
+            current = pending.pop(0)
+            for outcome in self.fleet.backend.store.results(current):
+                last[outcome.index] = outcome
+            pending.extend(s.id for s in self.fleet.handle(current).reruns())
+        return partition(last.values())
+
     async def wait_async(self, timeout: float | None = None) -> OrchestrationSnapshot:
         return await asyncio.to_thread(self.fleet.orchestration(self.id).wait, timeout)
 
@@ -234,7 +303,8 @@ class JobFleet:
         """
         with tracing.kick_off_span(job_name) as trace:
             return self._kick_off(job_name, params, parallelism=parallelism, tags=tags,
-                                  retries=retries, timeout=timeout, traceparent=trace.traceparent)
+                                  retries=retries, timeout=timeout, traceparent=trace.traceparent,
+                                  indexes=None)
 
     def _kick_off(
         self,
@@ -246,6 +316,7 @@ class JobFleet:
         retries: int | None,
         timeout: float | None,
         traceparent: str,
+        indexes: Iterable[int] | None,
     ) -> Orchestration:
         definition = get_launchable_job(job_name)
         options = RunOptions(
@@ -263,7 +334,8 @@ class JobFleet:
             created_at=time.time(),
             traceparent=traceparent,
         )
-        batches = param_sets.instance_batches(definition, params, shards=options.parallelism)
+        batches = param_sets.instance_batches(definition, params, shards=options.parallelism,
+                                              indexes=indexes)
         # The first batch is checked before the backend opens, so that a bad parameter set
         # in it creates nothing at all; a later one rolls the orchestration back.
         first = next(batches, [])

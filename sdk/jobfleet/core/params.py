@@ -57,22 +57,26 @@ def to_argument(definition: JobDefinition, params: JsonObject) -> Any:
 
 
 def instance_batches(
-    definition: JobDefinition, params: Iterable[Any], shards: int, size: int = BATCH_SIZE
+    definition: JobDefinition, params: Iterable[Any], shards: int, size: int = BATCH_SIZE,
+    *, indexes: Iterable[int] | None = None,
 ) -> Iterator[list[NewInstance]]:
     """Check and number parameter sets lazily; a bad one raises mid-stream.
 
-    Instance i belongs to shard i % shards, the share of task i % shards. No parameter
-    set at all is refused too.
+    The i-th parameter set belongs to shard i % shards, the share of task i % shards.
+    Its index is i, or the i-th of `indexes` (a re-run keeps its instances' original
+    indexes). No parameter set at all is refused too.
     """
     batch: list[NewInstance] = []
-    index = -1
-    for index, item in enumerate(params):
+    position = -1
+    numbers = iter(indexes) if indexes is not None else None
+    for position, item in enumerate(params):
+        index = position if numbers is None else next(numbers)
         checked = check(definition, index, item)
-        batch.append(NewInstance(str(uuid.uuid4()), index, index % shards, checked))
+        batch.append(NewInstance(str(uuid.uuid4()), index, position % shards, checked))
         if len(batch) >= size:
             yield batch
             batch = []
-    if index < 0:
+    if position < 0:
         raise InvalidParams("no parameter sets: give at least one")
     if batch:
         yield batch
