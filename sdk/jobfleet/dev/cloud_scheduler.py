@@ -20,15 +20,12 @@ clock's scheduled times. Attempt deadlines and token lifetimes stay in real seco
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import re
 import signal
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -40,8 +37,9 @@ from types import FrameType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from jobfleet.core.cron import Cron, iso
+from jobfleet.core.cron import Cron
 from jobfleet.dev.cloud_run import ApiError, Json, Reply
+from jobfleet.dev.http_targets import backoff, deliver, seconds
 from jobfleet.dev.id_tokens import (
     SigningKey,
     certificates,
@@ -53,7 +51,6 @@ from jobfleet.errors import InvalidSchedule
 
 TICK_SECONDS = 0.02
 CERTS_PATH = "/oauth2/v1/certs"
-USER_AGENT = "Google-Cloud-Scheduler"
 HTTP_METHODS = ["HTTP_METHOD_UNSPECIFIED", "POST", "GET", "HEAD", "PUT", "DELETE", "PATCH",
                 "OPTIONS"]
 STATES = ["STATE_UNSPECIFIED", "ENABLED", "PAUSED", "DISABLED", "UPDATE_FAILED"]
@@ -64,11 +61,6 @@ DEFAULT_DEADLINE = "180s"
 MAX_PAGE_SIZE = 500
 UPDATABLE = ("description", "schedule", "timeZone", "httpTarget", "retryConfig",
              "attemptDeadline")
-# google.rpc.Code of a failed attempt, by the target's HTTP status.
-RPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 409: 10, 429: 8, 499: 1, 500: 13, 501: 12,
-             503: 14, 504: 4}
-UNAVAILABLE, DEADLINE_EXCEEDED, UNKNOWN = 14, 4, 2
-
 _LOCATION = r"/v1/projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)"
 _JOB = _LOCATION + r"/jobs/(?P<job>[^/:]+)"
 ROUTES: list[tuple[str, str, re.Pattern[str]]] = [
@@ -149,7 +141,7 @@ class Clock:
     def now(self) -> float:
         return self.origin + (time.time() - self.origin) * self.speed
 
-    def real_seconds(self, seconds: float) -> float:
+    def realseconds(self, seconds: float) -> float:
         return seconds / self.speed
 
 
@@ -386,7 +378,9 @@ class CloudSchedulerStandIn:
                     "attemptDeadline"]
                 retry = job.resource["retryConfig"]
                 job.last_attempt_time = time.time()
-            status, rpc = self._send(job.job_id, target, scheduled, _seconds(deadline))
+            status, rpc = deliver(
+                target, job.job_id, scheduled, seconds(deadline), self.key, self.kid
+            )
             with self._lock:
                 self._attempts.append(Attempt(job.job_id, scheduled, attempt, forced,
                                               job.last_attempt_time or time.time(), status))
@@ -394,12 +388,12 @@ class CloudSchedulerStandIn:
                 self._save()
             if rpc is None or attempt >= int(retry.get("retryCount") or 0):
                 break
-            wait = _backoff(retry, attempt)
+            wait = backoff(retry, attempt)
             attempt += 1
             following = self._next_time(job, scheduled)
             if following is not None and self.clock.now() + wait >= following:
                 break  # Cloud Scheduler retries only until the next scheduled time
-            if self._stopped.wait(self.clock.real_seconds(wait)):
+            if self._stopped.wait(self.clock.realseconds(wait)):
                 break
         if not forced:
             with self._lock:
@@ -408,44 +402,6 @@ class CloudSchedulerStandIn:
                 missed = job.cron.between(scheduled, now)
                 # A run that overran its next time fires once, late, for the latest one.
                 job.next_at = missed[-1] if missed else self._next_time(job, now)
-
-    def _send(
-        self, job_id: str, target: Json, scheduled: float, deadline: float
-    ) -> tuple[int | None, Json | None]:
-        """One HTTP attempt: the target's status, and a google.rpc.Status if it failed."""
-        headers = {
-            **(target.get("headers") or {}),
-            "X-CloudScheduler": "true",
-            "X-CloudScheduler-JobName": job_id,
-            "X-CloudScheduler-ScheduleTime": iso(scheduled),
-            "User-Agent": USER_AGENT,
-        }
-        body = base64.b64decode(target["body"]) if target.get("body") else None
-        if body is not None:
-            headers.setdefault("Content-Type", "application/octet-stream")
-        oidc = target.get("oidcToken")
-        if oidc:
-            claims = service_account_claims(
-                oidc["serviceAccountEmail"], oidc.get("audience") or target["uri"]
-            )
-            headers["Authorization"] = f"Bearer {sign(self.key, self.kid, claims)}"
-        request = urllib.request.Request(
-            target["uri"], data=body, headers=headers,
-            method=target.get("httpMethod") or "POST",
-        )
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        try:
-            with opener.open(request, timeout=deadline) as answer:
-                answer.read()
-                return answer.status, None
-        except urllib.error.HTTPError as refused:
-            refused.close()
-            code = RPC_CODES.get(refused.code, UNKNOWN)
-            return refused.code, {"code": code, "message": f"HTTP {refused.code}"}
-        except TimeoutError:
-            return None, {"code": DEADLINE_EXCEEDED, "message": "attempt deadline exceeded"}
-        except (urllib.error.URLError, OSError) as failed:
-            return None, {"code": UNAVAILABLE, "message": f"cannot reach the target: {failed}"}
 
     # -- the state file -----------------------------------------------------------------
 
@@ -498,28 +454,10 @@ def _checked(resource: Json) -> Json:
     if not 0 <= int(retry["retryCount"]) <= 5:
         raise ApiError(400, "retryConfig.retryCount must be between 0 and 5")
     deadline = resource.get("attemptDeadline") or DEFAULT_DEADLINE
-    if not 15 <= _seconds(deadline) <= 1800:
+    if not 15 <= seconds(deadline) <= 1800:
         raise ApiError(400, "attemptDeadline must be between 15s and 30m for HTTP targets")
     return {**resource, "httpTarget": {**target, "httpMethod": method}, "retryConfig": retry,
             "attemptDeadline": deadline}
-
-
-def _backoff(retry: Json, attempt: int) -> float:
-    """Cloud Scheduler's wait before retry `attempt + 1`: min, doubling max_doublings
-    times, then growing linearly by the last doubling's step, capped at max."""
-    low = _seconds(retry.get("minBackoffDuration") or "5s")
-    high = _seconds(retry.get("maxBackoffDuration") or "3600s")
-    doublings = int(retry.get("maxDoublings") or 0)
-    if attempt <= doublings:
-        wait = low * 2.0**attempt
-    else:
-        wait = low * 2.0**doublings * (1 + attempt - doublings)
-    return min(wait, high)
-
-
-def _seconds(duration: str) -> float:
-    """A google.protobuf.Duration in JSON ("10s", "1.5s")."""
-    return float(str(duration).removesuffix("s"))
 
 
 def _timestamp(at: float) -> str:
