@@ -338,9 +338,9 @@ def test_google_id_tokens_are_checked_for_audience_expiry_and_principal(
         AUDIENCE,
         KID,
         CertsServer,
-        make_key,
         mint,
     )
+    from jobfleet.dev.id_tokens import make_key
 
     key = make_key("securetoken.test")
     certs = CertsServer({KID: key.certificate_pem})

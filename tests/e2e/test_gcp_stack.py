@@ -296,11 +296,16 @@ def test_dev_up_alone_starts_every_part_and_dev_down_stops_every_one(
     try:
         assert up.returncode == 0, up.stderr
         assert set(groups) == {"firestore-emulator", "relay", "pubsub-emulator", "cloud-run",
-                               "function", "sweeper"}
+                               "function", "sweeper", "cloud-scheduler"}
         exports = dict(
             line.removeprefix("export ").split("=", 1)
             for line in up.stdout.splitlines() if line.startswith("export ")
         )
+        scheduler = exports["JOBFLEET_CLOUD_SCHEDULER_ENDPOINT"]
+        assert _get_json(f"{scheduler}/v1/projects/dev-alone/locations/us-central1/jobs") == {
+            "jobs": []
+        }
+        assert "JOBFLEET_API_CERTS_URL" not in exports  # no API URL given: nothing to verify
         relay = exports["JOBFLEET_TRIGGER_RELAY"]
         [route] = _get_json(f"{relay}/_relay/stats")["routes"].values()
         assert route["project"] == "dev-alone"

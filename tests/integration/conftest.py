@@ -1,4 +1,5 @@
-"""Store fixtures: one parametrised `store` over every Store adapter.
+"""Store fixtures: one parametrised `store` over every Store adapter; and the Cloud
+Scheduler stand-in, on a fast clock.
 
 Each entry in STORE_BACKENDS is a factory that opens connections to one fresh, shared
 state: a SQLite file in the test's folder, or a Firestore emulator project of its own.
@@ -14,6 +15,11 @@ import pytest
 
 from jobfleet.backends.local.store import SqliteStore
 from jobfleet.core.ports import Store
+from jobfleet.dev.cloud_scheduler import CloudSchedulerStandIn
+
+SCHEDULER_PROJECT, SCHEDULER_REGION = "jobfleet-test", "europe-west1"
+# One scheduler minute per wall-clock second: `* * * * *` fires every second.
+SCHEDULER_CLOCK_SPEED = 60.0
 
 
 class StoreFactory:
@@ -65,3 +71,13 @@ def store_factory(request: pytest.FixtureRequest) -> Iterator[StoreFactory]:
 @pytest.fixture
 def store(store_factory: StoreFactory) -> Store:
     return store_factory.open()
+
+
+@pytest.fixture
+def cloud_scheduler(monkeypatch: pytest.MonkeyPatch) -> Iterator[CloudSchedulerStandIn]:
+    """The Cloud Scheduler stand-in, its clock 60 times faster than the wall clock."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with CloudSchedulerStandIn(
+        project=SCHEDULER_PROJECT, region=SCHEDULER_REGION, clock_speed=SCHEDULER_CLOCK_SPEED
+    ) as standin:
+        yield standin

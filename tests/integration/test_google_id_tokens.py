@@ -4,22 +4,15 @@ with their private key, exactly as it does against Google."""
 
 from __future__ import annotations
 
-import datetime
 import json
 import threading
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
-from google.auth import crypt, jwt
 
 from jobfleet.api.auth import (
     AuthError,
@@ -30,40 +23,11 @@ from jobfleet.api.auth import (
     Unauthenticated,
     authenticator_from_env,
 )
+from jobfleet.dev.id_tokens import SigningKey, make_key, service_account_claims, sign
 
 AUDIENCE = "https://jobfleet-api-abc123-uc.a.run.app"
 ALLOWED = "ci@proj.iam.gserviceaccount.com"
 KID = "2f8b0c1e"
-
-
-@dataclass(frozen=True)
-class SigningKey:
-    private_pem: bytes
-    certificate_pem: str
-
-
-def make_key(common_name: str) -> SigningKey:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return SigningKey(
-        private_pem=key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        certificate_pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -132,21 +96,9 @@ def google(certs_server: CertsServer) -> GoogleIdTokens:
 
 def mint(key: SigningKey, kid: str = KID, **claims: Any) -> str:
     """An ID token shaped like the ones Google signs for a service account."""
-    now = int(time.time())
-    payload = {
-        "iss": "https://accounts.google.com",
-        "aud": AUDIENCE,
-        "azp": "112233445566778899000",
-        "sub": "112233445566778899000",
-        "email": ALLOWED,
-        "email_verified": True,
-        "iat": now,
-        "exp": now + 3600,
-        **claims,
-    }
-    signer = crypt.RSASigner.from_string(key.private_pem, key_id=kid)  # type: ignore[no-untyped-call]
-    encoded: bytes = jwt.encode(signer, payload)  # type: ignore[no-untyped-call]
-    return encoded.decode()
+    payload = {**service_account_claims(ALLOWED, AUDIENCE), "azp": "112233445566778899000",
+               "sub": "112233445566778899000", **claims}
+    return sign(key, kid, payload)
 
 
 def refusal(google: GoogleIdTokens, token: str) -> AuthError:

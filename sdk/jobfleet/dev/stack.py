@@ -2,8 +2,9 @@
 
 Both emulators, the trigger relay that the Firestore emulator sends its trigger events
 to (and that POSTs them to the function as Eventarc would), the Cloud Run stand-in
-(whose tasks are real `jobfleet worker` processes) and the completion function on
-functions-framework. Every part runs in a process group of its own, recorded in a
+(whose tasks are real `jobfleet worker` processes), the Cloud Scheduler stand-in
+(which fires schedules' HTTP targets with ID tokens it signs) and the completion
+function on functions-framework. Every part runs in a process group of its own, recorded in a
 state file, so that `down` (and any failed `up`) stops all of it.
 
 A running Firestore emulator (FIRESTORE_EMULATOR_HOST) is reused only together with
@@ -22,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobfleet import cloud_function
-from jobfleet.config import DEFAULT_CLOUD_RUN_JOB, DEFAULT_REGION, DEFAULT_TOPIC
+from jobfleet.config import DEFAULT_CLOUD_RUN_JOB, DEFAULT_REGION, DEFAULT_TOPIC, Settings
+from jobfleet.dev.cloud_scheduler import CERTS_PATH
 from jobfleet.dev.emulators import (
     answers,
     firestore_emulator,
@@ -40,6 +42,7 @@ READY_TIMEOUT = 90.0
 RELAY = "JOBFLEET_TRIGGER_RELAY"
 DEFAULT_TASK_TIMEOUT = 600.0  # Cloud Run's default task timeout
 FUNCTION = "function"  # the part stopped first, so that no invocation meets a stopped emulator
+API_URL = "JOBFLEET_API_URL"
 
 
 @dataclass
@@ -202,12 +205,47 @@ def _start(
     stack.spawn("sweeper", [
         sys.executable, "-m", "jobfleet.dev.sweeper", "--every", str(sweep_every),
     ], env)
+    scheduler = _start_scheduler(stack, project, env)
     waits += [("cloud-run", f"{env['JOBFLEET_CLOUD_RUN_ENDPOINT']}/_standin/calls"),
-              (FUNCTION, function_url)]
+              (FUNCTION, function_url), ("cloud-scheduler", f"{scheduler}/_standin/calls")]
     for part, ready in waits:
         stack.wait_for(part, ready)
     stack.route = str(add_route(env[RELAY], project, function_url)["trigger_id"])
     stack.save()
+    if env.get(API_URL):
+        # Production's self-healing, reproduced: the sweep as a Cloud Scheduler job that
+        # POSTs to the API (the sweeper process above sweeps too; sweeps are idempotent).
+        from jobfleet.backends.gcp.cloud_scheduler import CloudSchedulerTimer
+
+        CloudSchedulerTimer(Settings.from_env(env)).ensure_sweep()
+
+
+def _start_scheduler(stack: Stack, project: str, env: dict[str, str]) -> str:
+    """The Cloud Scheduler stand-in, its jobs kept in the state folder across restarts.
+
+    The API verifies its ID tokens only when it knows its own URL: with JOBFLEET_API_URL
+    set, `up` exports what `jobfleet serve` needs to accept them (audience, principal,
+    certs URL). Without it, none of those: JOBFLEET_API_CERTS_URL alone is refused."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    stack.spawn("cloud-scheduler", [
+        sys.executable, "-m", "jobfleet.dev.cloud_scheduler", "--port", str(port),
+        "--project", project, "--region", env["JOBFLEET_REGION"],
+        "--state", str(stack.state_dir / "cloud-scheduler.json"),
+    ], {})
+    account = f"jobfleet-scheduler@{project}.iam.gserviceaccount.com"
+    env["JOBFLEET_CLOUD_SCHEDULER_ENDPOINT"] = endpoint
+    env["JOBFLEET_SCHEDULER_SERVICE_ACCOUNT"] = account
+    api_url = (os.environ.get(API_URL) or "").rstrip("/")
+    if api_url:
+        env[API_URL] = api_url
+        env["JOBFLEET_API_CERTS_URL"] = f"{endpoint}{CERTS_PATH}"
+        env["JOBFLEET_API_AUDIENCE"] = api_url
+        principals = os.environ.get("JOBFLEET_API_PRINCIPALS") or ""
+        env["JOBFLEET_API_PRINCIPALS"] = ",".join(
+            p for p in (*principals.split(","), account) if p.strip()
+        )
+    return endpoint
 
 
 def down(state_dir: Path) -> bool:

@@ -19,24 +19,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from typing import TypeVar
-from urllib.parse import urlsplit
 
-import requests
-from google.api_core.client_options import ClientOptions
-from google.api_core.exceptions import (
-    BadGateway,
-    FailedPrecondition,
-    GatewayTimeout,
-    InternalServerError,
-    NotFound,
-    PermissionDenied,
-    ServiceUnavailable,
-    TooManyRequests,
-)
-from google.api_core.retry import Retry, if_exception_type
-from google.auth.credentials import AnonymousCredentials
+from google.api_core.exceptions import FailedPrecondition, NotFound, PermissionDenied
 from google.cloud import run_v2
 
+from jobfleet.backends.gcp.google_apis import (
+    ADMIN_API_RETRY,
+    CALL_TIMEOUT_SECONDS,
+    client_arguments,
+)
 from jobfleet.config import Settings
 from jobfleet.core.models import NewOrchestration
 from jobfleet.errors import ConfigurationError, JobfleetError
@@ -45,27 +36,8 @@ MAX_TASKS_PER_EXECUTION = 10_000  # Cloud Run's cap
 # A RunJob call is retried for up to a minute (ADMIN_API_RETRY): an orchestration with no
 # execution for longer than this was committed by a kick-off that died before launching.
 LAUNCH_GRACE_SECONDS = 120.0
-CALL_TIMEOUT_SECONDS = 30.0
-
-# Quota (429) and server-side hiccups (500, 502, 503, 504 and its gRPC twin
-# DEADLINE_EXCEEDED, a dropped connection) pass; anything else is a mistake to report.
 # RunJob has no request id: a retry after a reply lost on the way back starts a second
 # execution. Its tasks claim from the same shards, so it costs compute, not correctness.
-TRANSIENT_ERRORS = (
-    TooManyRequests,
-    InternalServerError,
-    BadGateway,
-    ServiceUnavailable,
-    GatewayTimeout,
-    requests.exceptions.ConnectionError,
-)
-ADMIN_API_RETRY = Retry(
-    predicate=if_exception_type(*TRANSIENT_ERRORS),
-    initial=0.25,
-    maximum=8.0,
-    multiplier=2.0,
-    timeout=60.0,
-)
 
 Client = TypeVar("Client", run_v2.JobsClient, run_v2.ExecutionsClient)
 
@@ -187,15 +159,5 @@ def _names(execution: str) -> list[str]:
 
 
 def _client(kind: type[Client], settings: Settings) -> Client:
-    """With JOBFLEET_CLOUD_RUN_ENDPOINT, the REST transport goes there, anonymously over
-    plain http (the local stand-in); without it, the production client's defaults."""
-    endpoint = settings.cloud_run_endpoint
-    if not endpoint:
-        return kind()
-    parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
-    anonymous = AnonymousCredentials()  # type: ignore[no-untyped-call]
-    return kind(
-        transport="rest",
-        client_options=ClientOptions(api_endpoint=f"{parts.scheme}://{parts.netloc}"),
-        credentials=anonymous if parts.scheme == "http" else None,
-    )
+    """With JOBFLEET_CLOUD_RUN_ENDPOINT, the stand-in's; else the production client."""
+    return kind(**client_arguments(settings.cloud_run_endpoint))
