@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 
 SCHEDULE_TIME_TAG = "schedule_time"  # the scheduled time a run was started for (RFC 3339)
 # How long a fire's claim holds before another delivery may take it over: longer than
-# any kick-off takes, shorter than Cloud Scheduler goes on retrying a fire.
-FIRE_HOLD_SECONDS = 300.0
+# a kick-off takes, shorter than Cloud Scheduler goes on retrying a fire (600 s).
+FIRE_HOLD_SECONDS = 240.0
 PREVIOUS_RUNS_LOOKED_AT = 20
 # Past this, a fire the timer owed is missed: Cloud Scheduler's retries of it are over.
 CATCH_UP_AFTER = 30 * 60.0

@@ -32,13 +32,16 @@ SWEEP_CRON = "* * * * *"
 FIRE_PATH = "/v1/schedules/{name}/fire"
 SWEEP_PATH = "/v1/sweep"
 
-# A failed fire is tried again 10 s, 20 s, 40 s, 80 s and 160 s later (Cloud Scheduler
-# gives up earlier when the next cron time comes first); the API dedupes retries by
-# (schedule, scheduled time), so a retry of a fire that did start creates nothing.
+# A failed fire is tried again 20, 60, 140, 300 and 600 s after the first attempt
+# (Cloud Scheduler allows 5 retries): the last two come after the hold of a firer that
+# died has lapsed (scheduling.FIRE_HOLD_SECONDS), so a retry takes its fire over.
+# (Cloud Scheduler gives up earlier when the next cron time comes first; the sweep's
+# catch-up covers that.) The API dedupes retries by (schedule, scheduled time), so a
+# retry of a fire that did start creates nothing.
 RETRY_COUNT = 5
-MIN_BACKOFF_SECONDS = 10
+MIN_BACKOFF_SECONDS = 20
 MAX_BACKOFF_SECONDS = 300
-MAX_DOUBLINGS = 3
+MAX_DOUBLINGS = 4
 # How long the API has to answer a fire: a kick-off streams its parameter sets first.
 ATTEMPT_DEADLINE_SECONDS = 180
 # What apply() owns on an existing job; everything else is Cloud Scheduler's.
