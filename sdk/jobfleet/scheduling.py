@@ -29,7 +29,7 @@ from jobfleet.core.schedules import (
     due_fires,
     parameter_sets,
 )
-from jobfleet.errors import FireInProgress, UnknownSchedule
+from jobfleet.errors import FireInProgress
 
 if TYPE_CHECKING:
     from jobfleet.core.ports import ScheduleTimer, Store
@@ -276,6 +276,9 @@ class Schedules:
         for name, current in deployed.items():
             if name not in wanted and current.origin is Origin.CODE:
                 (plan.delete if prune else plan.kept).append(name)
+        for name in self._timer.deployed():  # a timer whose schedule is gone
+            if name not in wanted and name not in deployed:
+                (plan.delete if prune else plan.kept).append(name)
         return plan
 
     def sync(
@@ -283,7 +286,8 @@ class Schedules:
     ) -> SyncPlan:
         """Apply `plan`: create, update (keeping a deployed schedule's paused state and
         creation time), and with `prune` delete. Unchanged schedules get their timers
-        applied again, which repairs a timer deleted by hand."""
+        applied again, which repairs a timer deleted by hand; the sweep's timer is made
+        sure of (on Google Cloud, a Cloud Scheduler job running it every minute)."""
         plan = self.plan(declared, prune=prune)
         now = time.time()
         for schedule in plan.create:
@@ -297,10 +301,9 @@ class Schedules:
         for name in plan.unchanged:
             self._timer.apply(self.get(name))
         for name in plan.delete:
-            try:
-                self.delete(name)
-            except UnknownSchedule:
-                pass
+            self._timer.remove(name)
+            self._store.delete_schedule(name)
+        self._timer.ensure_sweep()
         return plan
 
     @property

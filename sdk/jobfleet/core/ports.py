@@ -209,6 +209,12 @@ class ScheduleTimer(Protocol):
     def remove(self, name: str) -> None:
         """Delete the timing of a schedule; no error if there is none."""
 
+    def deployed(self) -> list[str]:
+        """The schedules that have a timing (Cloud Scheduler jobs), by name."""
+
+    def ensure_sweep(self) -> None:
+        """Make sure `jobfleet sweep` runs every minute (a Cloud Scheduler job)."""
+
 
 class Launcher(Protocol):
     launch_grace: float

@@ -1,7 +1,8 @@
 """The local backend's schedule timing: nothing to deploy.
 
 The local scheduler (`jobfleet scheduler`, and the one `jobfleet serve` runs) reads the
-schedules from the store at every tick, so a schedule saved there is live.
+schedules from the store every few seconds, so a schedule saved there is live; it also
+sweeps every minute.
 """
 
 from __future__ import annotations
@@ -15,3 +16,9 @@ class LocalTimer:
 
     def remove(self, name: str) -> None:
         """Likewise: a schedule deleted from the store no longer fires."""
+
+    def deployed(self) -> list[str]:
+        return []
+
+    def ensure_sweep(self) -> None:
+        """The local scheduler sweeps every minute itself."""
