@@ -3,6 +3,7 @@ Scheduler stand-in, on a fast clock.
 
 Each entry in STORE_BACKENDS is a factory that opens connections to one fresh, shared
 state: a SQLite file in the test's folder, or a Firestore emulator project of its own.
+`open_store(kind, address)` opens the same state from another process.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -22,16 +24,26 @@ SCHEDULER_PROJECT, SCHEDULER_REGION = "jobfleet-test", "europe-west1"
 SCHEDULER_CLOCK_SPEED = 60.0
 
 
-class StoreFactory:
-    """Opens stores that all see the same state, as separate processes' connections would."""
+def open_store(kind: str, address: str) -> Store:
+    """A store of kind `kind` ("sqlite": a file's path; "firestore": an emulator project)."""
+    if kind == "sqlite":
+        return SqliteStore(Path(address))
+    from jobfleet.backends.gcp.firestore_store import FirestoreStore
 
-    def __init__(self, name: str, connect: Callable[[], Store]) -> None:
+    return FirestoreStore(address)
+
+
+class StoreFactory:
+    """Opens stores that all see the same state, as separate processes' connections would;
+    `address` is what another process passes to `open_store` to do the same."""
+
+    def __init__(self, name: str, address: str) -> None:
         self.name = name
-        self._connect = connect
+        self.address = address
         self._opened: list[Store] = []
 
     def open(self) -> Store:
-        store = self._connect()
+        store = open_store(self.name, self.address)
         self._opened.append(store)
         return store
 
@@ -43,16 +55,13 @@ class StoreFactory:
 
 def _sqlite(request: pytest.FixtureRequest) -> StoreFactory:
     path = request.getfixturevalue("tmp_path") / "jobfleet.db"
-    return StoreFactory("sqlite", lambda: SqliteStore(path))
+    return StoreFactory("sqlite", str(path))
 
 
 def _firestore(request: pytest.FixtureRequest) -> StoreFactory:
     """A project of its own on the session's emulator, which keeps projects apart."""
-    from jobfleet.backends.gcp.firestore_store import FirestoreStore
-
     request.getfixturevalue("gcp_env")  # FIRESTORE_EMULATOR_HOST, read by the client
-    project = f"jobfleet-{uuid.uuid4().hex[:16]}"
-    return StoreFactory("firestore", lambda: FirestoreStore(project))
+    return StoreFactory("firestore", f"jobfleet-{uuid.uuid4().hex[:16]}")
 
 
 STORE_BACKENDS: dict[str, Callable[[pytest.FixtureRequest], StoreFactory]] = {

@@ -8,6 +8,7 @@ They count document versions with listeners and update times, never by wrapping 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from google.cloud import firestore
 
 from jobfleet.backends.gcp import firestore_changes
 from jobfleet.backends.gcp.firestore_documents import JOBS, LEASES, ORCHESTRATIONS, SHARDS
+from jobfleet.backends.gcp.firestore_schedules import FIRES, SCHEDULES
 from jobfleet.backends.gcp.firestore_store import FirestoreStore
 from jobfleet.core.models import (
     ClaimedInstance,
@@ -34,7 +36,8 @@ from jobfleet.core.models import (
 )
 from jobfleet.core.params import instance_batches
 from jobfleet.core.registry import JobDefinition
-from jobfleet.errors import InvalidParams, UnknownOrchestration
+from jobfleet.core.schedules import Fire, FireState, Schedule, Trigger
+from jobfleet.errors import InvalidParams, InvalidSchedule, UnknownOrchestration
 
 T0 = 1_700_000_000.0
 LEASE = 30.0
@@ -347,3 +350,31 @@ def test_listeners_of_orchestrations_nobody_asks_about_stop(
     finally:
         store.close()
         other.close()
+
+
+def test_schedules_and_fires_live_where_the_design_says(
+    fs: FirestoreStore, client: firestore.Client
+) -> None:
+    """docs/design.md, Storage layout: what an operator finds in the console."""
+    nested = [{"name": "ada", "count": 1, "path": [[1, 2], [3]]}]
+    fs.save_schedule(Schedule(name="nightly", job_name="greet", cron="0 3 * * *",
+                              params=nested), create=True)
+    fire = Fire(schedule="nightly", scheduled_at=T0, trigger=Trigger.CRON,
+                state=FireState.FIRING, attempt=0, fired_at=T0, hold_until=T0 + 60)
+    fs.claim_fire(fire, now=T0)
+    doc = client.collection(SCHEDULES).document("nightly").get().to_dict() or {}
+    assert json.loads(doc["params"]) == nested  # JSON text: Firestore holds no nested arrays
+    fires = client.collection(SCHEDULES).document("nightly").collection(FIRES)
+    [stored] = list(fires.stream())
+    assert stored.id == repr(T0)
+    assert (stored.get("state"), stored.get("attempt")) == ("firing", 1)
+
+
+def test_a_schedule_too_big_for_a_document_is_refused_with_what_to_do(
+    fs: FirestoreStore,
+) -> None:
+    huge = [{"name": "x" * 1000, "count": n} for n in range(1100)]  # over 1 MiB
+    with pytest.raises(InvalidSchedule, match="params provider"):
+        fs.save_schedule(Schedule(name="huge", job_name="greet", cron="0 3 * * *",
+                                  params=huge), create=True)
+    assert fs.list_schedules() == []

@@ -4,6 +4,7 @@
     jobfleet_orchestrations/{orchestration_id}/jobs/{job_id}   one per job instance
     jobfleet_orchestrations/{orchestration_id}/shards/{shard}  counters of a shard's instances
     jobfleet_leases/{owner hash}                               a worker's heartbeat
+    jobfleet_schedules/{name}[/fires/{scheduled_at}]          schedules (firestore_schedules.py)
 
 Firestore sustains about one write per second per document, so no document is written
 once per job instance: an orchestration's counts live in its shards' counter documents,

@@ -42,6 +42,7 @@ from jobfleet.backends.gcp.firestore_documents import (
     tag_pair,
     unfinished_in,
 )
+from jobfleet.backends.gcp.firestore_schedules import FirestoreSchedules
 from jobfleet.backends.gcp.firestore_worker import (
     CHUNK,
     CONFLICT_ATTEMPTS,
@@ -69,7 +70,7 @@ PAGE = 2000  # instances read per query page
 CLOCK_MARGIN = 2.0
 
 
-class FirestoreStore(FirestoreWorkerSide):
+class FirestoreStore(FirestoreSchedules, FirestoreWorkerSide):
     """The Store port on Firestore. Safe to share between threads: the client is, and every
     operation runs in a transaction or commit of its own."""
 
