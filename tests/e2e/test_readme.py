@@ -15,6 +15,8 @@ The code blocks are taken from the Markdown and executed, in order, against a fr
   pointed at it.
 - `python` blocks are saved as a script in the scratch folder and run with this
   environment's Python (the README says "save it as batch.py and run python batch.py").
+  A block whose first line is a comment naming a file (`# nightly.py`) is saved under
+  that name too, for the blocks after it to use (`--jobs-module nightly.py`).
 - `text` blocks are not code. Every block names its language, so no example can
   escape the test by leaving it out.
 - A block preceded by `<!-- not run: REASON -->` is skipped; REASON must be one of
@@ -54,6 +56,7 @@ FENCE = re.compile(
     r"(?:<!-- not run: (?P<reason>[^>]*?) -->\n)?^```(?P<lang>[^\n`]*)\n(?P<code>.*?)^```$",
     re.MULTILINE | re.DOTALL,
 )
+SAVED_AS = re.compile(r"# (?P<name>[\w-]+\.py)\n")
 SERVE = re.compile(r"^(?:\S*/)?jobfleet serve\b", re.MULTILINE)
 
 
@@ -117,6 +120,9 @@ class Runner:
         if block.lang == "python":
             script = self.workspace / f"example_{block.line}.py"
             script.write_text(block.code)
+            named = SAVED_AS.match(block.code)
+            if named:
+                (self.workspace / named["name"]).write_text(block.code)
             done = subprocess.run([sys.executable, script.name], cwd=self.workspace,
                                   env=self.env, capture_output=True, text=True, timeout=300)
         elif block.serves:

@@ -17,13 +17,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from jobfleet.cli import render
+from jobfleet.cli import schedules as schedule_commands
+from jobfleet.cli.arguments import EXIT_FAILED, EXIT_OK, EXIT_USAGE, parse_tags
 from jobfleet.cli.params_file import read_params
 from jobfleet.core.models import Status
 from jobfleet.core.registry import import_jobs
-from jobfleet.errors import InvalidOption, JobfleetError
+from jobfleet.errors import JobfleetError
 from jobfleet.fleet import JobFleet, Orchestration
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_CLOSED_PIPE = 128 + 13  # what a shell reports for a tool ended by SIGPIPE
 
 
@@ -94,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="module (or .py file) declaring jobs the API may kick off; "
                        "repeatable (e.g. jobfleet.demo)")
 
+    schedule_commands.add_parsers(sub)
+
     dev = sub.add_parser("dev", help="the local Google Cloud stack (emulators and all)")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="up|down")
     dev_up = dev_sub.add_parser("up", help="start it and print the environment to export")
@@ -112,16 +115,6 @@ def _exit_code(status: Status) -> int:
     return EXIT_OK if status is Status.COMPLETED or status is Status.IN_PROGRESS else EXIT_FAILED
 
 
-def _tags(pairs: Sequence[str]) -> dict[str, str]:
-    tags = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidOption(f"--tag takes KEY=VALUE, got {pair!r}")
-        tags[key] = value
-    return tags
-
-
 def _follow(orchestration: Orchestration, quiet: bool) -> int:
     if quiet:
         snap = orchestration.wait()
@@ -133,7 +126,7 @@ def _follow(orchestration: Orchestration, quiet: bool) -> int:
 def cmd_run(fleet: JobFleet, args: argparse.Namespace) -> int:
     params = read_params(args.params)
     orchestration = fleet.kick_off(
-        args.job, params, parallelism=args.parallelism, tags=_tags(args.tag),
+        args.job, params, parallelism=args.parallelism, tags=parse_tags(args.tag),
         retries=args.retries, timeout=args.timeout,
     )
     if args.no_wait:
@@ -256,6 +249,8 @@ def dispatch(fleet: JobFleet, args: argparse.Namespace) -> int:
         return cmd_events(fleet, args)
     if command == "logs":
         return cmd_logs(fleet, args)
+    if command in schedule_commands.COMMANDS:
+        return schedule_commands.dispatch(fleet, args)
     if command == "sweep":
         done = fleet.sweep()
         render.sweep(done, args.json)
