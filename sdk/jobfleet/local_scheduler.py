@@ -45,12 +45,16 @@ class _Tracked:
 
 
 class LocalScheduler:
-    def __init__(self, fleet: JobFleet, *, clock: Clock = time.time,
+    def __init__(self, fleet: JobFleet, *, clock: Clock = time.time, speed: float = 1.0,
                  fire: Fire | None = None) -> None:
+        """`clock` gives the scheduler's time; `speed` is how many of its seconds pass in
+        one real second (a fast clock for tests and demos: `fast_clock`)."""
         self.fleet = fleet
         self.clock = clock
+        self.speed = speed
         self._fire = fire or self._fire_logged
         self._tracked: dict[str, _Tracked] = {}
+        self._started = time.time()  # real time: what `updated_at` is written in
 
     def run(self, stop: threading.Event, *, on_ready: Callable[[], None] | None = None) -> None:
         """Fire schedules until `stop` is set."""
@@ -64,13 +68,14 @@ class LocalScheduler:
                     pool.submit(self._sweep)
                 now = self.clock()
                 wake = self.tick(now, lambda *due: pool.submit(self._fire, *due))
-                stop.wait(max(0.0, min(wake, now + RELOAD_SECONDS) - self.clock()))
+                sleep = min(wake - self.clock(), RELOAD_SECONDS * self.speed) / self.speed
+                stop.wait(max(0.0, sleep))
         self.fleet.release_thread()
 
     def tick(self, now: float, submit: Callable[[str, float, Trigger], object]) -> float:
         """Hand every fire due by `now` to `submit`; return when the next one is due."""
         schedules = self.fleet.schedules.list()
-        wake = now + RELOAD_SECONDS
+        wake = now + RELOAD_SECONDS * self.speed
         for schedule in schedules:
             tracked = self._track(schedule, now)
             if schedule.paused:
@@ -90,7 +95,11 @@ class LocalScheduler:
         version = (schedule.cron, schedule.timezone, schedule.paused, schedule.updated_at)
         tracked = self._tracked.get(schedule.name)
         if tracked is None:
-            cursor = self.fleet.schedules.resume_point(schedule, now)
+            # One created or changed while this scheduler runs owes nothing before now;
+            # one it finds on starting picks up where its schedule last fired.
+            changed_since_start = schedule.updated_at >= self._started
+            cursor = now if changed_since_start else self.fleet.schedules.resume_point(
+                schedule, now)
             tracked = _Tracked(version, cursor, _next(schedule, cursor))
             self._tracked[schedule.name] = tracked
         elif tracked.version != version:
@@ -114,8 +123,10 @@ class LocalScheduler:
             log.warning("schedule %s failed to fire: %s", name, exc)
         else:
             fire = result.fire
-            log.info("schedule %s fired (%s): %s %s", name, trigger.value, fire.state.value,
-                     fire.orchestration_id or fire.reason)
+            log.log(logging.DEBUG if result.duplicate else logging.INFO,
+                    "schedule %s fired (%s): %s %s%s", name, trigger.value, fire.state.value,
+                    fire.orchestration_id or fire.reason,
+                    " (by another scheduler)" if result.duplicate else "")
         finally:
             self.fleet.release_thread()
 

@@ -17,7 +17,7 @@ from jobfleet.errors import FireInProgress
 from jobfleet.local_scheduler import LocalScheduler
 from jobfleet.scheduling import SCHEDULE_TIME_TAG
 
-T0 = parse_iso("2030-01-01T10:00:00Z")  # in the future: a schedule owes nothing before it
+T0 = parse_iso("2025-01-01T10:00:00Z")  # before these tests run: schedules are backdated
 
 
 def runs_of(fleet: JobFleet, name: str) -> list[Any]:

@@ -139,3 +139,21 @@ def test_same_definition_ignores_times_and_pausing() -> None:
     b = hourly(created_at=5.0, updated_at=6.0, paused=True)
     assert a.same_definition(b)
     assert not a.same_definition(hourly(cron="5 * * * *"))
+
+
+def test_two_different_providers_of_one_name_are_refused() -> None:
+    def make() -> Any:
+        def every_customer() -> list[dict[str, int]]:
+            return [{"customer": 1}]
+        return every_customer
+
+    first = make()
+    schedules.schedule("a", job="typed", cron="0 2 * * *", params=first)
+    schedules.schedule("b", job="typed", cron="0 2 * * *", params=first)  # the same: fine
+    exec_globals: dict[str, Any] = {"__name__": first.__module__}
+    exec(  # the same qualified name, declared elsewhere
+        "def every_customer():\n    return []\n", exec_globals)
+    other = exec_globals["every_customer"]
+    other.__qualname__ = first.__qualname__
+    with pytest.raises(InvalidSchedule, match="two different params providers"):
+        schedules.schedule("c", job="typed", cron="0 2 * * *", params=other)

@@ -179,18 +179,6 @@ def sync(fleet: JobFleet, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class _ClockEvent(threading.Event):
-    """The stop event of a scheduler on a fast clock. LocalScheduler waits on it for a
-    span of its clock's seconds; N times faster, that span passes in 1/N real seconds."""
-
-    def __init__(self, speed: float) -> None:
-        super().__init__()
-        self.speed = speed
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return super().wait(None if timeout is None else timeout / self.speed)
-
-
 def run_scheduler(fleet: JobFleet, args: argparse.Namespace) -> int:
     if (args.clock_speed is None) != (args.clock_origin is None):
         raise InvalidSchedule("--clock-speed and --clock-origin go together")
@@ -204,9 +192,9 @@ def run_scheduler(fleet: JobFleet, args: argparse.Namespace) -> int:
 
     clock = time.time
     stop = threading.Event()
+    speed = 1.0
     if args.clock_speed is not None:
-        clock = fast_clock(args.clock_speed, args.clock_origin)
-        stop = _ClockEvent(args.clock_speed)
+        clock, speed = fast_clock(args.clock_speed, args.clock_origin), args.clock_speed
 
     def stopping(signum: int, frame: FrameType | None) -> None:
         stop.set()
@@ -220,7 +208,7 @@ def run_scheduler(fleet: JobFleet, args: argparse.Namespace) -> int:
         print(f"jobfleet scheduler: firing the schedules of {where} ({names}); "
               "stop with Ctrl-C", file=sys.stderr, flush=True)
 
-    LocalScheduler(fleet, clock=clock).run(stop, on_ready=ready)
+    LocalScheduler(fleet, clock=clock, speed=speed).run(stop, on_ready=ready)
     print("jobfleet scheduler: stopped", file=sys.stderr)
     return EXIT_OK
 

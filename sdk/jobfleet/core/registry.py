@@ -93,16 +93,7 @@ def job(
             raise TypeError(f"job class {target.__name__} needs a run(self, params) method")
         if not inspect.isclass(target) and not callable(target):
             raise TypeError("@job decorates a class or a function")
-        module = getattr(target, "__module__", "")
-        source, importable = module, True
-        if module == "__main__":
-            # A script file's jobs are found again by running the file; standard input
-            # ("<stdin>"), `python -c`, an interactive session or a notebook has none.
-            main_file = getattr(sys.modules["__main__"], "__file__", None) or ""
-            importable = os.path.isfile(main_file)
-            source = os.path.abspath(main_file) if importable else ""
-        elif module == _SCRIPT_RUN_NAME and _loading_script:
-            source = _loading_script[-1]
+        source, importable = declared_in(target)
         _REGISTRY[name] = JobDefinition(
             name=name, target=target, retries=retries, backoff=backoff, timeout=timeout,
             source=source, importable=importable,
@@ -110,6 +101,21 @@ def job(
         return target
 
     return register
+
+
+def declared_in(target: Any) -> tuple[str, bool]:
+    """The module name, or the script file, that declares `target`, and whether a
+    worker can import it from there."""
+    module = getattr(target, "__module__", "")
+    if module == "__main__":
+        # A script file's jobs are found again by running the file; standard input
+        # ("<stdin>"), `python -c`, an interactive session or a notebook has none.
+        main_file = getattr(sys.modules["__main__"], "__file__", None) or ""
+        importable = os.path.isfile(main_file)
+        return (os.path.abspath(main_file) if importable else ""), importable
+    if module == _SCRIPT_RUN_NAME and _loading_script:
+        return _loading_script[-1], True
+    return module, True
 
 
 def get_job(name: str) -> JobDefinition:

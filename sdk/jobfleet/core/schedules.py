@@ -19,7 +19,7 @@ from jobfleet.core import params as param_sets
 from jobfleet.core.cron import Cron, check_cron
 from jobfleet.core.models import JsonObject, RunOptions
 from jobfleet.core.options import check_options
-from jobfleet.core.registry import DEFAULT_BACKOFF, get_job
+from jobfleet.core.registry import DEFAULT_BACKOFF, declared_in, get_job
 from jobfleet.errors import InvalidOption, InvalidParams, InvalidSchedule, JobfleetError
 
 SCHEDULE_TAG = "schedule"  # every fire's orchestration carries schedule=<name>
@@ -211,8 +211,7 @@ def schedule(
     provider = params_provider
     fixed: list[Any] | None = None
     if callable(params):
-        provider = f"{params.__module__}:{params.__qualname__}"
-        _PROVIDERS.setdefault(provider, params)
+        provider = _register_declared_provider(params)
     elif params is not None:
         fixed = list(params)
     declared = build(
@@ -223,6 +222,24 @@ def schedule(
     )
     _DECLARED[name] = declared
     return declared
+
+
+def _register_declared_provider(fn: ParamsProvider) -> str:
+    """Register a provider passed to `schedule(params=fn)` under the name of where it is
+    declared (`module:function`, or `file.py:function` for a script), refusing a second,
+    different function of the same name."""
+    source, _ = declared_in(fn)
+    name = f"{source or fn.__module__}:{getattr(fn, '__qualname__', repr(fn))}"
+    known = _PROVIDERS.get(name)
+    if known is not None and known is not fn and _where(known) != _where(fn):
+        raise InvalidSchedule(f"two different params providers are named {name!r}")
+    _PROVIDERS[name] = fn
+    return name
+
+
+def _where(fn: Any) -> tuple[str, int]:
+    code = getattr(fn, "__code__", None)
+    return (code.co_filename, code.co_firstlineno) if code else ("", id(fn))
 
 
 def declared_schedules() -> list[Schedule]:
