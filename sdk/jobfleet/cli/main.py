@@ -105,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds between sweeps (Cloud Scheduler's job in production)")
     dev_up.add_argument("--task-timeout", type=float, default=600.0, metavar="S",
                         help="the Cloud Run job's task timeout (Cloud Run's default: 600)")
+    dev_up.add_argument("--scheduler-clock-speed", type=float, default=1.0, metavar="N",
+                        help="the Cloud Scheduler stand-in's clock runs N times faster "
+                             "(for tests and demos)")
     dev_up.add_argument("--parallelism", type=int, default=10,
                         help="Cloud Run job parallelism (tasks at once)")
     dev_sub.add_parser("down", help="stop everything `dev up` started")
@@ -208,10 +211,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
             print("stopped the dev stack" if stopped else "no dev stack was running",
                   file=sys.stderr)
             return EXIT_OK
-        print("starting the emulators, the Cloud Run stand-in, the function and the trigger relay"
-              " ...", file=sys.stderr)
+        print("starting the emulators, the Cloud Run and Cloud Scheduler stand-ins, the function"
+              " and the trigger relay ...", file=sys.stderr)
         running = stack.up(state, project=args.project, parallelism=args.parallelism,
-                           sweep_every=args.sweep_every, task_timeout=args.task_timeout)
+                           sweep_every=args.sweep_every, task_timeout=args.task_timeout,
+                           scheduler_clock_speed=args.scheduler_clock_speed)
     except JobfleetError as exc:
         print(f"jobfleet: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -120,6 +120,7 @@ def up(
     parallelism: int = 10,
     sweep_every: float = DEFAULT_EVERY_SECONDS,
     task_timeout: float = DEFAULT_TASK_TIMEOUT,
+    scheduler_clock_speed: float = 1.0,
 ) -> Stack:
     """Start every part, wait until each answers, and return the environment to use.
 
@@ -134,7 +135,7 @@ def up(
     stack = Stack(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
-        _start(stack, project, parallelism, sweep_every, task_timeout)
+        _start(stack, project, parallelism, sweep_every, task_timeout, scheduler_clock_speed)
     except BaseException:
         stack.stop()
         raise
@@ -142,7 +143,8 @@ def up(
 
 
 def _start(
-    stack: Stack, project: str, parallelism: int, sweep_every: float, task_timeout: float
+    stack: Stack, project: str, parallelism: int, sweep_every: float, task_timeout: float,
+    scheduler_clock_speed: float,
 ) -> None:
     env = {
         "JOBFLEET_BACKEND": "gcp",
@@ -205,7 +207,7 @@ def _start(
     stack.spawn("sweeper", [
         sys.executable, "-m", "jobfleet.dev.sweeper", "--every", str(sweep_every),
     ], env)
-    scheduler = _start_scheduler(stack, project, env)
+    scheduler = _start_scheduler(stack, project, env, scheduler_clock_speed)
     waits += [("cloud-run", f"{env['JOBFLEET_CLOUD_RUN_ENDPOINT']}/_standin/calls"),
               (FUNCTION, function_url), ("cloud-scheduler", f"{scheduler}/_standin/calls")]
     for part, ready in waits:
@@ -220,7 +222,9 @@ def _start(
         CloudSchedulerTimer(Settings.from_env(env)).ensure_sweep()
 
 
-def _start_scheduler(stack: Stack, project: str, env: dict[str, str]) -> str:
+def _start_scheduler(
+    stack: Stack, project: str, env: dict[str, str], clock_speed: float
+) -> str:
     """The Cloud Scheduler stand-in, its jobs kept in the state folder across restarts.
 
     The API verifies its ID tokens only when it knows its own URL: with JOBFLEET_API_URL
@@ -232,6 +236,7 @@ def _start_scheduler(stack: Stack, project: str, env: dict[str, str]) -> str:
         sys.executable, "-m", "jobfleet.dev.cloud_scheduler", "--port", str(port),
         "--project", project, "--region", env["JOBFLEET_REGION"],
         "--state", str(stack.state_dir / "cloud-scheduler.json"),
+        "--clock-speed", str(clock_speed),
     ], {})
     account = f"jobfleet-scheduler@{project}.iam.gserviceaccount.com"
     env["JOBFLEET_CLOUD_SCHEDULER_ENDPOINT"] = endpoint
