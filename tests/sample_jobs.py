@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from jobfleet import job
+from jobfleet import job, params_provider
 
 
 class Greeting(BaseModel):
@@ -97,3 +97,12 @@ def hold_the_store_lock(params: dict[str, Any]) -> int:
     (Path(params["dir"]) / "locked").write_text(str(os.getpid()))
     time.sleep(600)
     return 0
+
+
+@params_provider("greetings_when_ready")
+def greetings_when_ready() -> list[dict[str, Any]]:
+    """Fails (as a provider whose source is down would) until the file `provider-ready`
+    exists in JOBFLEET_HOME."""
+    if not (Path(os.environ["JOBFLEET_HOME"]) / "provider-ready").exists():
+        raise ConnectionError("the customer list is unavailable")
+    return [{"name": "provided", "count": 1}]
