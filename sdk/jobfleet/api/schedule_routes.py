@@ -228,7 +228,7 @@ def links(name: str) -> dict[str, str]:
     return {
         "self": base, "fire": f"{base}/fire", "trigger": f"{base}/trigger",
         "next": f"{base}/next", "runs": f"{PREFIX}/orchestrations?tag={SCHEDULE_TAG}:{name}",
-        "dashboard": f"/schedules#{name}",
+        "dashboard": f"/schedules#schedule-{name}",
     }
 
 
