@@ -71,7 +71,7 @@ def list_schedules(
     fires: Annotated[int, Query(ge=0, le=MAX_FIRES, description="recent fires per schedule")] = 1,
 ) -> dict[str, Any]:
     fleet = fleet_of(request)
-    return {"schedules": [schedule_json(fleet, s, next_times=1, fires=max(fires, 1))
+    return {"schedules": [schedule_json(fleet, s, next_times=1, fires=fires)
                           for s in fleet.schedules.list()]}
 
 
@@ -176,7 +176,7 @@ def fire(
     name: str,
     request: Request,
     schedule_time: Annotated[str | None, Header(
-        alias=SCHEDULE_TIME_HEADER, max_length=100,
+        alias=SCHEDULE_TIME_HEADER,
         description="the scheduled time, RFC 3339, as Cloud Scheduler sends it",
     )] = None,
 ) -> dict[str, Any]:
@@ -202,8 +202,9 @@ def _scheduled_at(header: str | None) -> float:
     try:
         return parse_iso(header)
     except (ValueError, OverflowError):
+        shown = header if len(header) <= 60 else header[:60] + "..."
         raise BadScheduleTime(
-            f"the {SCHEDULE_TIME_HEADER} header {header!r} is not an RFC 3339 time with an "
+            f"the {SCHEDULE_TIME_HEADER} header {shown!r} is not an RFC 3339 time with an "
             "offset, such as 2030-01-31T06:00:00Z"
         ) from None
 
@@ -235,17 +236,16 @@ def links(name: str) -> dict[str, str]:
 def schedule_json(
     fleet: JobFleet, schedule: Schedule, *, next_times: int, fires: int
 ) -> dict[str, Any]:
+    """The schedule as the API shows it: `fires` recent fires, and the last one always."""
     upcoming = [iso(t) for t in schedule.timing.next_times(time.time(), next_times)]
-    recent = (
-        [fire_json(fleet, f) for f in fleet.schedules.history(schedule.name, limit=fires)]
-        if fires else []
-    )
+    recent = [fire_json(fleet, f)
+              for f in fleet.schedules.history(schedule.name, limit=max(fires, 1))]
     return {
         **schedule.to_json(),
         "next_fire_time": upcoming[0] if upcoming else None,
         "next_fire_times": upcoming,
         "last_fire": recent[0] if recent else None,
-        "recent_fires": recent,
+        "recent_fires": recent[:fires],
         "links": links(schedule.name),
     }
 
