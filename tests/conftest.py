@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -198,19 +198,22 @@ class Server:
 
 
 class ServerFactory(Protocol):
-    def __call__(self, *, token: str | None = None, env: dict[str, str] | None = None) -> Server:
+    def __call__(self, *, token: str | None = None, env: dict[str, str] | None = None,
+                 args: Sequence[str] = ()) -> Server:
         ...
 
 
 @pytest.fixture
 def serve(home: Path, tmp_path: Path) -> Iterator[ServerFactory]:
-    """Start `jobfleet serve` (against the test's home, or `env`'s backend) and wait until
-    /healthz answers; every server is stopped at the end of the test."""
+    """Start `jobfleet serve` (against the test's home, or `env`'s backend; `args` added to
+    its command line) and wait until /healthz answers; every server is stopped at the end
+    of the test."""
     from jobfleet.dev.emulators import free_port
 
     started: list[Server] = []
 
-    def start(*, token: str | None = None, env: dict[str, str] | None = None) -> Server:
+    def start(*, token: str | None = None, env: dict[str, str] | None = None,
+              args: Sequence[str] = ()) -> Server:
         port = free_port()
         log = tmp_path / f"serve-{port}.log"
         environment = {**os.environ, **(env or {})}
@@ -219,7 +222,7 @@ def serve(home: Path, tmp_path: Path) -> Iterator[ServerFactory]:
             environment["JOBFLEET_API_TOKEN"] = token
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "jobfleet", "serve", "--port", str(port)],
+                [sys.executable, "-m", "jobfleet", "serve", "--port", str(port), *args],
                 env=environment, stdout=out, stderr=subprocess.STDOUT,
             )
         server = Server(f"http://127.0.0.1:{port}", token, process, log)

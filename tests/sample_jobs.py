@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from jobfleet import job
+from jobfleet import job, params_provider
 
 
 class Greeting(BaseModel):
@@ -105,3 +105,12 @@ def until_fixed(params: dict[str, Any]) -> int:
     if params.get("broken") and Path(params["broken"]).exists():
         raise RuntimeError(f"item {params['n']} is broken")
     return int(params["n"])
+
+
+@params_provider("greetings_when_ready")
+def greetings_when_ready() -> list[dict[str, Any]]:
+    """Fails (as a provider whose source is down would) until the file `provider-ready`
+    exists in JOBFLEET_HOME."""
+    if not (Path(os.environ["JOBFLEET_HOME"]) / "provider-ready").exists():
+        raise ConnectionError("the customer list is unavailable")
+    return [{"name": "provided", "count": 1}]

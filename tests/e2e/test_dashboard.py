@@ -363,3 +363,53 @@ def test_with_a_token_the_dashboard_asks_to_sign_in(serve: ServerFactory, tab: T
     expect(by_id(page, "login-token")).to_be_visible()
     assert page.context.cookies() == []
     assert tab.unexpected_errors(401) == []
+
+
+# -- schedules ----------------------------------------------------------------------------
+
+
+def test_the_schedules_page_shows_a_schedule_and_run_now_starts_a_run(
+    serve: ServerFactory, tab: Tab
+) -> None:
+    server = serve(args=["--no-scheduler"])
+    created = httpx.post(f"{server.url}/v1/schedules", headers=server.headers(), timeout=30, json={
+        "name": "morning", "job_name": "greet", "cron": "0 6 * * 1-5",
+        "timezone": "Europe/Paris", "params": [{"name": "ada", "count": 1}],
+    })
+    assert created.status_code == 201, created.text
+    page = tab.page
+    page.goto(f"{server.url}/")
+    page.get_by_role("link", name="Schedules").click()
+    expect(page).to_have_url(f"{server.url}/schedules")
+
+    row = by_id(page, "schedule-row")
+    expect(row).to_have_count(1)
+    expect(by_id(row, "schedule-name")).to_have_text("morning")
+    expect(by_id(row, "schedule-cron")).to_have_text("0 6 * * 1-5")
+    expect(by_id(row, "schedule-timezone")).to_have_text("Europe/Paris")
+    expect(by_id(row, "schedule-state")).to_have_text("Active")
+    expect(by_id(row, "schedule-next").locator("time")).to_have_count(1)
+    expect(by_id(row, "schedule-fires")).to_have_text("No runs yet")
+
+    by_id(row, "pause-button").click()
+    expect(by_id(row, "schedule-state")).to_have_text("Paused")
+    expect(by_id(row, "pause-button")).to_have_text("Resume")
+    paused = httpx.get(f"{server.url}/v1/schedules/morning", headers=server.headers(), timeout=30)
+    assert paused.json()["paused"] is True
+
+    by_id(row, "run-now-button").click()  # a run now, paused or not
+    expect(by_id(page, "notice-link")).to_be_visible()
+    link = by_id(row, "fire-link")
+    expect(link).to_have_count(1)
+    expect(by_id(link, "fire-status")).to_have_text("Completed", timeout=60_000)  # refreshed
+    runs = httpx.get(f"{server.url}/v1/orchestrations", headers=server.headers(), timeout=30,
+                     params={"tag": "schedule:morning"}).json()["orchestrations"]
+    assert [r["status"] for r in runs] == ["Completed"]
+    link.click()
+    expect(page).to_have_url(f"{server.url}/orchestrations/{runs[0]['orchestration_id']}")
+    expect(by_id(page, "count-succeeded")).to_have_text("1")
+
+    page.go_back()
+    by_id(page, "pause-button").click()
+    expect(by_id(page, "schedule-state")).to_have_text("Active")
+    assert tab.unexpected_errors() == []

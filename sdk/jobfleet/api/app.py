@@ -5,6 +5,7 @@ the dashboard's cookie, errors as JSON that names the problem)."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from contextlib import asynccontextmanager
 from importlib.metadata import version
@@ -21,7 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobfleet.api import routes, schemas
+from jobfleet.api import routes, schedule_routes, schemas
 from jobfleet.api.auth import Authenticator, AuthError, Principal, Unauthenticated, bearer_token
 from jobfleet.api.body_limit import BodyLimit
 from jobfleet.api.live import LiveHub
@@ -31,12 +32,16 @@ from jobfleet.api.problems import problem
 from jobfleet.api.settings import ApiSettings
 from jobfleet.errors import (
     ConfigurationError,
+    FireInProgress,
     InvalidOption,
     InvalidParams,
+    InvalidSchedule,
     JobfleetError,
     LaunchFailed,
+    ScheduleExists,
     UnknownJob,
     UnknownOrchestration,
+    UnknownSchedule,
 )
 from jobfleet.fleet import JobFleet
 
@@ -56,16 +61,27 @@ ERROR_STATUS: list[tuple[type[JobfleetError], int, str]] = [
     (routes.Conflict, 409, "conflict"),
     (LaunchFailed, 503, "launch_failed"),
     (ConfigurationError, 500, "configuration"),
+    (UnknownSchedule, 404, "unknown_schedule"),
+    (InvalidSchedule, 422, "invalid_schedule"),
+    (ScheduleExists, 409, "schedule_exists"),
+    (schedule_routes.BadScheduleTime, 400, "invalid_schedule_time"),
+    # Both make Cloud Scheduler deliver the time again (any answer but 2xx does).
+    (FireInProgress, 503, "fire_in_progress"),
+    (schedule_routes.FireFailed, 500, "fire_failed"),
 ]
+SCHEDULER_STOP_SECONDS = 10.0
 
 
 def create_app(
     fleet: JobFleet | None = None,
     authenticator: Authenticator | None = None,
     settings: ApiSettings | None = None,
+    *,
+    local_scheduler: bool = False,
 ) -> FastAPI:
     """`fleet` and `settings` default to ones from the environment (the fleet is opened
-    when the app starts)."""
+    when the app starts). With `local_scheduler`, a fleet on the local backend fires its
+    schedules from this process while it serves (on Google Cloud, Cloud Scheduler does)."""
     settings = ApiSettings.from_env() if settings is None else settings
 
     @asynccontextmanager
@@ -74,9 +90,17 @@ def create_app(
         app.state.fleet = JobFleet() if own else fleet
         app.state.hub = LiveHub()
         app.state.metrics = Metrics(app.state.fleet, app.state.hub)
+        stop = threading.Event()
+        scheduler = (
+            _start_scheduler(app.state.fleet, stop)
+            if local_scheduler and app.state.fleet.settings.backend == "local" else None
+        )
         try:
             yield
         finally:
+            stop.set()
+            if scheduler is not None:
+                scheduler.join(SCHEDULER_STOP_SECONDS)
             if own:
                 app.state.fleet.close()
 
@@ -86,6 +110,7 @@ def create_app(
     )
     app.state.authenticator = authenticator
     app.include_router(routes.router)
+    app.include_router(schedule_routes.router)
     _add_error_handlers(app)
     _add_pages(app)
     # The last added runs first: a request is timed, its Host checked, its body bounded,
@@ -98,6 +123,22 @@ def create_app(
     app.add_middleware(HostCheck, policy=hosts)
     app.add_middleware(RequestTiming)
     return app
+
+
+def _start_scheduler(fleet: JobFleet, stop: threading.Event) -> threading.Thread:
+    """The local scheduler on a thread of its own, until `stop` is set."""
+    from jobfleet.local_scheduler import LocalScheduler
+
+    def run() -> None:
+        try:
+            LocalScheduler(fleet).run(stop)
+        except Exception:
+            log.exception("the local scheduler stopped; schedules no longer fire here")
+
+    thread = threading.Thread(target=run, name="jobfleet-scheduler", daemon=True)
+    thread.start()
+    log.info("the local scheduler fires this home's schedules (serve --no-scheduler: not)")
+    return thread
 
 
 # -- the routes that are not /v1 resources ---------------------------------------------------
@@ -146,6 +187,10 @@ def _add_pages(app: FastAPI) -> None:
     def orchestration_page(orchestration_id: str) -> FileResponse:
         return FileResponse(STATIC / "orchestration.html")
 
+    @app.get("/schedules", include_in_schema=False)
+    def schedules_page() -> FileResponse:
+        return FileResponse(STATIC / "schedules.html")
+
     app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
 
 
@@ -183,7 +228,13 @@ def _add_error_handlers(app: FastAPI) -> None:
                 extra: dict[str, Any] = (
                     {"index": exc.index} if isinstance(exc, InvalidParams) else {}
                 )
-                return problem(status, code, str(exc), **extra)
+                headers = (
+                    {"Retry-After": str(schedule_routes.FIRE_RETRY_AFTER_SECONDS)}
+                    if isinstance(exc, FireInProgress) else None
+                )
+                if status >= 500:
+                    log.warning("%s %s: %s", request.method, request.url.path, exc)
+                return problem(status, code, str(exc), headers=headers, **extra)
         log.error("unmapped jobfleet error on %s: %s", request.url.path, exc)
         return problem(500, "internal", str(exc))
 

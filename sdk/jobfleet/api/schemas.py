@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobfleet.core.options import MAX_PARALLELISM, MAX_RETRIES, MAX_TIMEOUT
+from jobfleet.core.schedules import CatchUp, FireState, Overlap, Trigger
 
 # One request's worth: the SDK streams more than this from an iterator.
 MAX_PARAM_SETS = 100_000
@@ -151,3 +152,146 @@ class SweepReport(BaseModel):
     recovered: int = Field(description="recovery executions launched for shards left behind")
     ended: int = Field(description="orchestrations ended Errored: executions made no progress")
     failed: int = Field(description="orchestrations that could not be swept now (tried again)")
+
+
+# -- schedules -----------------------------------------------------------------------------
+
+MAX_ZONE_NAME = 64  # the longest IANA zone name is 32 characters
+
+
+def _settable(**constraints: Any) -> Any:
+    """A PATCH field that may be left out but not set to null: unset is None, which
+    `exclude_unset` drops; an explicit null fails the field's own (non-null) type."""
+
+    def no_default(schema: dict[str, Any]) -> None:
+        schema.pop("default", None)
+
+    return Field(default=None, json_schema_extra=no_default, **constraints)
+
+
+class NewSchedule(BaseModel):
+    """A schedule to create; core/schedules.py checks it all again and names what is
+    wrong (InvalidSchedule) before anything is created."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100,
+                      description="letters, digits, '-' and '_' (a Cloud Scheduler job id)")
+    job_name: str = Field(min_length=1, max_length=200, description="a registered job's name")
+    cron: str = Field(min_length=1, max_length=200, examples=["0 6 * * 1-5"],
+                      description="unix-cron, five fields, as Cloud Scheduler takes it")
+    timezone: str = Field(default="UTC", min_length=1, max_length=MAX_ZONE_NAME,
+                          description="an IANA time zone the cron is read in")
+    params: list[dict[str, Any]] | None = Field(
+        default=None, min_length=1, max_length=MAX_PARAM_SETS,
+        description="fixed parameter sets, one per job instance (or params_provider)",
+    )
+    params_provider: str | None = Field(
+        default=None, min_length=1, max_length=300,
+        description="a registered params provider, called at every fire (or params)",
+    )
+    parallelism: int | None = Field(default=None, ge=1, le=MAX_PARALLELISM)
+    retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES)
+    timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT, description="seconds")
+    tags: dict[str, str] = Field(default_factory=dict)
+    overlap: Overlap = Field(default=Overlap.SKIP,
+                             description="what a fire does while the previous run is unfinished")
+    catch_up: CatchUp = Field(default=CatchUp.LATEST,
+                              description="what a scheduler that was down does with missed fires")
+    description: str = Field(default="", max_length=2000)
+    paused: bool = False
+
+
+class ScheduleChanges(BaseModel):
+    """The fields to change; those left out stay. `params`, `params_provider`,
+    `parallelism`, `retries` and `timeout` may be set to null (the default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_name: str = _settable(min_length=1, max_length=200)
+    cron: str = _settable(min_length=1, max_length=200)
+    timezone: str = _settable(min_length=1, max_length=MAX_ZONE_NAME)
+    params: list[dict[str, Any]] | None = Field(default=None, min_length=1,
+                                                max_length=MAX_PARAM_SETS)
+    params_provider: str | None = Field(default=None, min_length=1, max_length=300)
+    parallelism: int | None = Field(default=None, ge=1, le=MAX_PARALLELISM)
+    retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES)
+    timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT)
+    tags: dict[str, str] = _settable()
+    overlap: Overlap = _settable()
+    catch_up: CatchUp = _settable()
+    description: str = _settable(max_length=2000)
+    paused: bool = _settable(description="the same as /pause or /resume")
+
+
+class FireLinks(BaseModel):
+    orchestration: str
+    dashboard: str
+
+
+class Fire(BaseModel):
+    schedule: str
+    scheduled_time: str = Field(description="the time fired, RFC 3339 (UTC)")
+    scheduled_at: float = Field(description="the same, in seconds since the epoch")
+    trigger: Trigger
+    state: FireState
+    reason: str = Field(description="why it was skipped or failed")
+    attempt: int = Field(description="deliveries that claimed it")
+    fired_at: float
+    orchestration_id: str | None = Field(description="the run it started, if it did")
+    run_status: str | None = Field(description="that run's status now (null when none)")
+    links: FireLinks | None
+
+
+class ScheduleLinks(BaseModel):
+    self: str
+    fire: str
+    trigger: str
+    next: str
+    runs: str = Field(description="the runs it started (orchestrations tagged schedule:NAME)")
+    dashboard: str
+
+
+class Schedule(BaseModel):
+    name: str
+    job_name: str
+    cron: str
+    timezone: str
+    params: list[Any] | None
+    params_provider: str | None
+    parallelism: int | None
+    retries: int | None
+    timeout: float | None
+    tags: dict[str, str]
+    overlap: Overlap
+    catch_up: CatchUp
+    paused: bool
+    description: str
+    origin: str = Field(description="code (declared in a jobs module) or runtime")
+    created_at: float
+    updated_at: float
+    next_fire_time: str | None = Field(
+        description="when the cron next names, RFC 3339 (a paused schedule skips it)"
+    )
+    next_fire_times: list[str] = Field(description="the next few (5 for one schedule)")
+    last_fire: Fire | None
+    recent_fires: list[Fire] = Field(description="newest scheduled time first")
+    links: ScheduleLinks
+
+
+class ScheduleList(BaseModel):
+    schedules: list[Schedule]
+
+
+class FireAnswer(BaseModel):
+    fire: Fire
+    orchestration_id: str | None = Field(description="the run started for that time, if one")
+    state: FireState
+    duplicate: bool = Field(description="this time was fired before: nothing new started")
+
+
+class NextFireTimes(BaseModel):
+    name: str
+    timezone: str
+    paused: bool
+    times: list[str] = Field(description="RFC 3339 (UTC)")

@@ -11,7 +11,15 @@ from jobfleet.errors import ConfigurationError
 DEFAULT_PORT = 8080
 
 
-def serve(host: str = "127.0.0.1", port: int | None = None, *, log_level: str = "info") -> None:
+def serve(
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    *,
+    scheduler: bool = True,
+    log_level: str = "info",
+) -> None:
+    """`scheduler`: on the local backend, fire the home's schedules while serving (the
+    local scheduler); on Google Cloud, Cloud Scheduler fires them and this is ignored."""
     try:
         import uvicorn
 
@@ -34,7 +42,8 @@ def serve(host: str = "127.0.0.1", port: int | None = None, *, log_level: str = 
         )
     chosen = port if port is not None else int(os.environ.get("PORT") or DEFAULT_PORT)
     uvicorn.run(
-        create_app(authenticator=authenticator, settings=settings), host=host, port=chosen,
+        create_app(authenticator=authenticator, settings=settings, local_scheduler=scheduler),
+        host=host, port=chosen,
         log_level=log_level, log_config=log_config(Settings.from_env().line_format),
         proxy_headers=True, forwarded_allow_ips="*" if os.environ.get("K_SERVICE") else None,
     )

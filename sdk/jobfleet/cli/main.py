@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--jobs-module", action="append", default=[], metavar="M",
                        help="module (or .py file) declaring jobs the API may kick off; "
                        "repeatable (e.g. jobfleet.demo)")
+    serve.add_argument("--no-scheduler", dest="scheduler", action="store_false",
+                       help="do not fire the local home's schedules from this server "
+                       "(on Google Cloud, Cloud Scheduler fires them anyway)")
 
     schedule_commands.add_parsers(sub)
 
@@ -234,7 +237,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if modules is not None:  # the app's JobFleet reads them from the environment
             os.environ["JOBFLEET_JOBS"] = ",".join(modules)
             import_jobs(modules)  # a module that does not import stops here, not in the app
-        serve(args.host, args.port)
+        serve(args.host, args.port, scheduler=args.scheduler)
     except JobfleetError as exc:
         print(f"jobfleet: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,5 +1,6 @@
 // The jobfleet dashboard: the list of orchestrations (index.html) and one
-// orchestration followed live (orchestration.html). Plain JS, no build step.
+// orchestration followed live (orchestration.html); schedules.js builds on the helpers
+// it shares as window.jobfleet. Plain JS, no build step.
 // Requests are same-origin, so the session cookie set by the sign-in page goes along
 // with every fetch and EventSource without any token handling here.
 (() => {
@@ -485,6 +486,11 @@
     if (page === "index") listPage();
     else if (page === "orchestration") orchestrationPage();
   }
+
+  // What the other pages' scripts (schedules.js) share with these two.
+  window.jobfleet = Object.freeze({
+    api, el, byTestId, showError, timeElement, statusBadge, tagList,
+  });
 
   main();
 })();
