@@ -94,6 +94,7 @@ def test_utc_is_the_default_zone() -> None:
         ("0 0 30 2 *", "UTC", "no date that exists"),
         ("0 0 * * *", "Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
         ("0 0 * * *", "", "IANA name"),
+        ("0 0 * * *", "Europe/" + "x" * 300, "unknown time zone"),
     ],
 )
 def test_bad_timing_is_refused_naming_the_problem(expression: str, zone: str, names: str) -> None:

@@ -105,7 +105,7 @@ def check_cron(expression: str, timezone: str) -> None:
         raise InvalidSchedule(f"time zone {timezone!r} must be an IANA name such as Europe/Paris")
     try:
         ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a path
         raise InvalidSchedule(
             f"unknown time zone {timezone!r}; give an IANA name such as UTC or Europe/Paris"
         ) from None
