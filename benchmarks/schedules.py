@@ -257,7 +257,8 @@ def celery_beat(count: int, seconds: float, minutes: float) -> dict[str, Any]:
         ensure_celery,
     )
 
-    ensure_celery()
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the figures (--json)
+        ensure_celery()
     import celery
 
     out: dict[str, Any] = {"celery": celery.__version__}
