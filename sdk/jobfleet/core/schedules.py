@@ -9,6 +9,7 @@ time creates nothing new. The rules here are pure: the firing itself is
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -72,7 +73,7 @@ class Schedule:
 
     @property
     def timing(self) -> Cron:
-        return Cron(self.cron, self.timezone)
+        return _timing(self.cron, self.timezone)
 
     def to_json(self) -> JsonObject:
         data = asdict(self)
@@ -99,6 +100,12 @@ class Schedule:
         """Equal in everything a deploy changes (not the times, not paused)."""
         keep = {"created_at": 0.0, "updated_at": 0.0, "paused": False}
         return replace(self, **keep) == replace(other, **keep)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=4096)
+def _timing(expression: str, timezone: str) -> Cron:
+    """Checked once per distinct cron and zone: a scheduler asks for it at every fire."""
+    return Cron(expression, timezone)
 
 
 class FireState(StrEnum):

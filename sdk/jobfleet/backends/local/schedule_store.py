@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import replace
+from pathlib import Path
 
 from jobfleet.backends.local.connections import SqliteConnections
 from jobfleet.core.schedules import Fire, FireState, Schedule, may_claim
@@ -18,6 +19,10 @@ from jobfleet.errors import ScheduleExists, UnknownSchedule
 
 class SqliteSchedules(SqliteConnections):
     """The schedule half of SqliteStore."""
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(path)
+        self._schedules: dict[str, tuple[str, Schedule]] = {}  # name: (row text, parsed)
 
     def save_schedule(self, schedule: Schedule, *, create: bool) -> None:
         data = json.dumps(schedule.to_json())
@@ -42,8 +47,19 @@ class SqliteSchedules(SqliteConnections):
         return Schedule.from_json(json.loads(row[0]))
 
     def list_schedules(self) -> list[Schedule]:
-        rows = self._db.execute("SELECT data FROM schedules ORDER BY name").fetchall()
-        return [Schedule.from_json(json.loads(r[0])) for r in rows]
+        rows = self._db.execute("SELECT name, data FROM schedules ORDER BY name").fetchall()
+        listed = [self._parsed(name, data) for name, data in rows]
+        if len(self._schedules) > len(listed):  # forget deleted ones
+            self._schedules = {s.name: self._schedules[s.name] for s in listed}
+        return listed
+
+    def _parsed(self, name: str, data: str) -> Schedule:
+        """A schedule's row, parsed once per version of its text: a local scheduler lists
+        every schedule every few seconds, and parsing is most of what that costs."""
+        known = self._schedules.get(name)
+        if known is None or known[0] != data:
+            known = self._schedules[name] = (data, Schedule.from_json(json.loads(data)))
+        return known[1]
 
     def delete_schedule(self, name: str) -> bool:
         with self._write() as db:
