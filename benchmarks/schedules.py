@@ -85,7 +85,7 @@ def scheduler_child(home: str, speed: float, origin: float, profile: str | None)
     if profiler is not None:
         profiler.enable()
     with JobFleet(home=home, jobs_modules=DEMO) as fleet:
-        Observed(fleet, clock=clock).run(stop)
+        Observed(fleet, clock=clock, speed=speed).run(stop)
     if profiler is not None and profile:
         profiler.disable()
         profiler.dump_stats(profile)
