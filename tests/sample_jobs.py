@@ -114,3 +114,35 @@ def greetings_when_ready() -> list[dict[str, Any]]:
     if not (Path(os.environ["JOBFLEET_HOME"]) / "provider-ready").exists():
         raise ConnectionError("the customer list is unavailable")
     return [{"name": "provided", "count": 1}]
+
+
+@job("extract", retries=0)
+def extract(params: dict[str, Any]) -> list[int]:
+    """A source's rows; `fail` makes the source unreadable."""
+    if params.get("fail"):
+        raise RuntimeError(f"source {params['source']} is unreadable")
+    return list(range(params["source"] * 10, params["source"] * 10 + params.get("rows", 3)))
+
+
+@job("transform", retries=0)
+def transform(params: dict[str, Any]) -> int:
+    if params.get("row") == params.get("poison", -1):
+        raise ValueError(f"row {params['row']} cannot be transformed")
+    return int(params["row"]) * 2
+
+
+@job("load", retries=0)
+def load(params: dict[str, Any]) -> int:
+    return len(params["values"])
+
+
+def rows_of(results: Any) -> list[dict[str, Any]]:
+    """extract → transform: one parameter set per row extracted."""
+    poison = results.stage.tags.get("poison")
+    return [{"row": row, "poison": int(poison) if poison else -1}
+            for s in results.successes for row in s.result]
+
+
+def batch_of(results: Any) -> list[dict[str, Any]]:
+    """transform → load: one parameter set with every value transformed."""
+    return [{"values": [s.result for s in results.successes]}]

@@ -10,6 +10,7 @@ from jobfleet.core.models import (
     Status,
     Success,
 )
+from jobfleet.core.pipeline import Stage, StageResults, When
 from jobfleet.core.registry import job
 from jobfleet.core.schedules import CatchUp, Overlap, Schedule, params_provider, schedule
 from jobfleet.errors import (
@@ -42,12 +43,15 @@ __all__ = [
     "OrchestrationSnapshot",
     "Overlap",
     "Schedule",
+    "Stage",
+    "StageResults",
     "Status",
     "Success",
     "UnknownJob",
     "UnknownOrchestration",
     "UnknownSchedule",
     "WaitTimeout",
+    "When",
     "job",
     "params_provider",
     "schedule",

@@ -9,7 +9,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from jobfleet.core.models import (
     Failure,
     JobCompletedEvent,
     JobInstance,
+    JsonObject,
     NewOrchestration,
     OrchestrationSnapshot,
     RunOptions,
@@ -29,6 +31,7 @@ from jobfleet.core.models import (
     Success,
 )
 from jobfleet.core.options import check_options
+from jobfleet.core.pipeline import PIPELINE_TAG, STAGE_TAG, Stage, check_stages
 from jobfleet.core.registry import get_launchable_job, import_jobs, job_sources
 from jobfleet.core.results import Results, partition
 from jobfleet.core.sweep import Ports, sweep, sweep_orchestration
@@ -40,6 +43,7 @@ from jobfleet.errors import (
     WaitTimeout,
 )
 from jobfleet.log_lines import LogLine
+from jobfleet.pipelines import advance
 from jobfleet.scheduling import Schedules
 
 log = logging.getLogger(__name__)
@@ -47,12 +51,23 @@ log = logging.getLogger(__name__)
 WATCH_SLICE_SECONDS = 1.0
 # Tags jobfleet sets to link runs; a re-run does not inherit them from what it re-runs.
 RERUN_TAG = "rerun_of"
-LINK_TAGS = frozenset({RERUN_TAG, "schedule", "schedule_time"})
+LINK_TAGS = frozenset({RERUN_TAG, "schedule", "schedule_time", PIPELINE_TAG, STAGE_TAG})
 RERUN_CHOICES = {"failed": Status.ERRORED, "cancelled": Status.CANCELLED}
 EVENT_HISTORY = 200  # orchestrations looked at when the event bus keeps no history
 # With no change for this long, a watcher sweeps the orchestration (core/sweep.py): it
 # never fails live work, and it brings back what a dead execution or publisher left.
 SWEEP_WHEN_QUIET_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    """Where a new run sits among others: a pipeline stage's derived id, the stage it
+    follows and the stages to come; a re-run's original indexes."""
+
+    id: str | None = None
+    parent: str | None = None
+    then: list[JsonObject] | None = None
+    indexes: Sequence[int] | None = None
 
 
 def rerun_statuses(which: str | Iterable[str]) -> frozenset[Status]:
@@ -157,7 +172,7 @@ class Orchestration:
             execution = backend.store.get_orchestration(self.id).execution
             if execution:
                 backend.launcher.cancel(execution)
-        return settle(backend.store, backend.bus, self.id)
+        return settle(backend.store, backend.bus, self.id, self.fleet.advance)
 
     def logs(
         self, job_id: str | None = None, *, last: int | None = None, follow: bool = False
@@ -204,7 +219,8 @@ class Orchestration:
                 snap.job_name, [f.params for f in chosen],
                 parallelism=parallelism or min(snap.options.parallelism, len(chosen)),
                 tags=tags, retries=snap.options.retries, timeout=snap.options.timeout,
-                traceparent=trace.traceparent, indexes=[f.index for f in chosen],
+                traceparent=trace.traceparent,
+                lineage=Lineage(indexes=[f.index for f in chosen]),
             )
 
     def reruns(self) -> list[OrchestrationSnapshot]:
@@ -267,7 +283,12 @@ class JobFleet:
 
     @property
     def ports(self) -> Ports:
-        return Ports(self.backend.store, self.backend.launcher, self.backend.bus)
+        backend = self.backend
+        return Ports(backend.store, backend.launcher, backend.bus, self.advance)
+
+    def advance(self, stage: OrchestrationSnapshot) -> None:
+        """Start the pipeline stage after `stage`, which has ended (jobfleet.pipelines)."""
+        advance(self, stage)
 
     def sweep(self) -> Counter[str]:
         """Bring back whatever faults left behind, in every unsettled orchestration (see
@@ -294,17 +315,28 @@ class JobFleet:
         tags: dict[str, str] | None = None,
         retries: int | None = None,
         timeout: float | None = None,
+        then: Sequence[Stage] | None = None,
     ) -> Orchestration:
         """Create one instance per parameter set and start the workers.
 
         Every parameter set is checked while it streams into the store in batches;
         a bad one raises InvalidParams naming its index, and nothing is created. The
         kick-off runs in a span whose trace the workers and the event continue.
+
+        `then` makes it the first stage of a pipeline: each Stage starts when the one
+        before it ends (on Completed only, or on any end), once, over a fixed list of
+        parameter sets or what a function of the previous stage's results returns.
+        Every stage is tagged `pipeline=<this id>` and `stage=<position>`.
         """
+        lineage = Lineage()
+        tags = dict(tags or {})
+        if then:
+            lineage = Lineage(id=str(uuid.uuid4()), then=check_stages(list(then)))
+            tags |= {PIPELINE_TAG: lineage.id or "", STAGE_TAG: "1"}
         with tracing.kick_off_span(job_name) as trace:
             return self._kick_off(job_name, params, parallelism=parallelism, tags=tags,
                                   retries=retries, timeout=timeout, traceparent=trace.traceparent,
-                                  indexes=None)
+                                  lineage=lineage)
 
     def _kick_off(
         self,
@@ -316,7 +348,7 @@ class JobFleet:
         retries: int | None,
         timeout: float | None,
         traceparent: str,
-        indexes: Iterable[int] | None,
+        lineage: Lineage,
     ) -> Orchestration:
         definition = get_launchable_job(job_name)
         options = RunOptions(
@@ -327,15 +359,19 @@ class JobFleet:
         )
         check_options(options, tags or {})
         new = NewOrchestration(
-            id=str(uuid.uuid4()),
+            id=lineage.id or str(uuid.uuid4()),
             job_name=job_name,
             options=options,
             tags=dict(tags or {}),
             created_at=time.time(),
             traceparent=traceparent,
+            parent=lineage.parent,
+            then=lineage.then,
         )
-        batches = param_sets.instance_batches(definition, params, shards=options.parallelism,
-                                              indexes=indexes)
+        batches = param_sets.instance_batches(
+            definition, params, shards=options.parallelism, indexes=lineage.indexes,
+            ids_from=new.id if lineage.parent else None,
+        )
         # The first batch is checked before the backend opens, so that a bad parameter set
         # in it creates nothing at all; a later one rolls the orchestration back.
         first = next(batches, [])
@@ -348,7 +384,8 @@ class JobFleet:
             )
         except Exception as exc:
             # Nothing may stay InProgress with no worker to finish it.
-            settle_without_workers(backend.store, backend.bus, new.id, f"launch failed: {exc}")
+            settle_without_workers(backend.store, backend.bus, new.id, f"launch failed: {exc}",
+                                   self.advance)
             raise LaunchFailed(new.id, exc) from exc
         except BaseException:
             # Interrupted (Ctrl-C) between commit and launch: what the user stopped ends

@@ -35,6 +35,7 @@ from jobfleet.core.registry import JobDefinition, get_job, import_jobs
 from jobfleet.core.retry import RetryPolicy
 from jobfleet.errors import JobfleetError, JobTimeout
 from jobfleet.log_lines import WorkerOutput, context
+from jobfleet.pipelines import Advance, advancer
 
 log = logging.getLogger("jobfleet.worker")
 
@@ -167,6 +168,7 @@ class Worker:
         lease: float = DEFAULT_LEASE_SECONDS,
         settles: bool = True,
         output: WorkerOutput | None = None,
+        advance: Advance | None = None,
     ) -> None:
         self.assignment = assignment
         self.definition = definition
@@ -176,6 +178,7 @@ class Worker:
         self.policy = RetryPolicy.of(snap.options)
         self.runner = AttemptRunner(definition, snap.options.timeout)
         self.output = output
+        self.advance = advance  # starts a pipeline's next stage when this one ends
         self.spans = tracing.recording()
 
     def run(self) -> None:
@@ -245,7 +248,7 @@ class Worker:
         if outcomes:
             self.store.record_outcomes(self.assignment.orchestration_id, outcomes)
             if self.settles:
-                settle(self.store, self.bus, self.assignment.orchestration_id)
+                settle(self.store, self.bus, self.assignment.orchestration_id, self.advance)
 
     def recover_previous_attempt(self) -> None:
         """A retried task takes back what its dead predecessor held (Cloud Run runs one
@@ -309,6 +312,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
         Worker(
             assignment, definition, backend.store, backend.bus,
             lease=settings.lease_seconds, settles=backend.worker_settles, output=output,
+            advance=advancer(settings),
         ).run()
     except Exception:
         log.exception("the worker of shard %d stopped", assignment.task_index)

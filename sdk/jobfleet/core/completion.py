@@ -7,6 +7,7 @@ code decides that an orchestration is finished.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from jobfleet.core.models import (
     WORKER_LOST,
@@ -31,9 +32,15 @@ def final_status(counts: Counts) -> Status | None:
 
 
 PUBLISH_HOLD_SECONDS = 30.0
+# A pipeline stage's publisher also starts the next stage (a kick-off) within its hold.
+STAGE_HOLD_SECONDS = 300.0
+
+Advance = Callable[[OrchestrationSnapshot], None]
 
 
-def settle(store: Store, bus: EventBus, orchestration_id: str) -> OrchestrationSnapshot:
+def settle(
+    store: Store, bus: EventBus, orchestration_id: str, advance: Advance | None = None
+) -> OrchestrationSnapshot:
     """Flip a finished orchestration and publish its event; safe to call any number of times.
 
     The flip is a conditional write in the store, so exactly one caller wins it. Of the
@@ -43,6 +50,10 @@ def settle(store: Store, bus: EventBus, orchestration_id: str) -> OrchestrationS
     is replaced once its claim runs out, by the next settle or sweep: the event is
     published once, or again only after a death, never lost. Its id is deterministic,
     so a subscriber can drop that rare second copy.
+
+    A pipeline stage's publisher starts the next stage (`advance`, jobfleet.pipelines)
+    before recording the publish, so that a death between the two leaves it to the next
+    settler; a caller without `advance` leaves such a stage to one that has it.
     """
     snap = store.get_orchestration(orchestration_id)
     if snap.status is Status.IN_PROGRESS:
@@ -51,13 +62,18 @@ def settle(store: Store, bus: EventBus, orchestration_id: str) -> OrchestrationS
             return snap
         store.finish_orchestration(orchestration_id, final, time.time())
         snap = store.get_orchestration(orchestration_id)
+    if snap.then and advance is None:
+        return snap
+    hold = STAGE_HOLD_SECONDS if snap.then else PUBLISH_HOLD_SECONDS
     if (
         snap.status.terminal
         and not snap.event_published
-        and store.claim_publish(orchestration_id, now=time.time(), hold=PUBLISH_HOLD_SECONDS)
+        and store.claim_publish(orchestration_id, now=time.time(), hold=hold)
     ):
         try:
             bus.publish(JobCompletedEvent.for_orchestration(snap))
+            if advance is not None:
+                advance(snap)
         except BaseException:
             store.release_publish(orchestration_id)
             raise
@@ -67,7 +83,8 @@ def settle(store: Store, bus: EventBus, orchestration_id: str) -> OrchestrationS
 
 
 def settle_after_instance(
-    store: Store, bus: EventBus, orchestration_id: str, shard: int
+    store: Store, bus: EventBus, orchestration_id: str, shard: int,
+    advance: Advance | None = None,
 ) -> OrchestrationSnapshot | None:
     """After an instance of `shard` became terminal: settle once its shard is done.
 
@@ -78,11 +95,12 @@ def settle_after_instance(
     """
     if store.unfinished_count(orchestration_id, shard):
         return None
-    return settle(store, bus, orchestration_id)
+    return settle(store, bus, orchestration_id, advance)
 
 
 def settle_without_workers(
-    store: Store, bus: EventBus, orchestration_id: str, why: str
+    store: Store, bus: EventBus, orchestration_id: str, why: str,
+    advance: Advance | None = None,
 ) -> OrchestrationSnapshot:
     """No worker will ever run what is unfinished (a launch failed; executions stopped
     making progress): it ends Errored (WorkerLost), so that nothing stays InProgress
@@ -90,4 +108,4 @@ def settle_without_workers(
     error = ErrorInfo(type=WORKER_LOST, message=why)
     for shard in store.unfinished_shards(orchestration_id):
         store.fail_unfinished(orchestration_id, shard, error, now=time.time())
-    return settle(store, bus, orchestration_id)
+    return settle(store, bus, orchestration_id, advance)

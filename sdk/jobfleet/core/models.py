@@ -81,6 +81,10 @@ class NewOrchestration:
     # The kick-off's W3C trace context (core/tracing.py): workers and the completion
     # event continue it, so that a fan-out is one trace.
     traceparent: str | None = None
+    # A pipeline stage (core/pipeline.py): the stage it follows, and the stages still
+    # to come after it (as JSON), started one by one as each ends.
+    parent: str | None = None
+    then: list[JsonObject] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +141,9 @@ class OrchestrationSnapshot:
     # is launched only while executions keep making progress.
     launch_progress: int = 0
     traceparent: str | None = None  # the kick-off's trace context, when it had one
+    parent: str | None = None  # the pipeline stage this one follows
+    then: list[JsonObject] | None = None  # the stages still to come (core/pipeline.py)
+    next_note: str = ""  # why the next stage did not start, when it did not
 
     def to_json(self) -> JsonObject:
         c = self.counts

@@ -58,13 +58,14 @@ def to_argument(definition: JobDefinition, params: JsonObject) -> Any:
 
 def instance_batches(
     definition: JobDefinition, params: Iterable[Any], shards: int, size: int = BATCH_SIZE,
-    *, indexes: Iterable[int] | None = None,
+    *, indexes: Iterable[int] | None = None, ids_from: str | None = None,
 ) -> Iterator[list[NewInstance]]:
     """Check and number parameter sets lazily; a bad one raises mid-stream.
 
     The i-th parameter set belongs to shard i % shards, the share of task i % shards.
     Its index is i, or the i-th of `indexes` (a re-run keeps its instances' original
-    indexes). No parameter set at all is refused too.
+    indexes). Instance ids are random, or derived from `ids_from` and the index (a
+    pipeline stage: see core/pipeline.py). No parameter set at all is refused too.
     """
     batch: list[NewInstance] = []
     position = -1
@@ -72,7 +73,9 @@ def instance_batches(
     for position, item in enumerate(params):
         index = position if numbers is None else next(numbers)
         checked = check(definition, index, item)
-        batch.append(NewInstance(str(uuid.uuid4()), index, position % shards, checked))
+        job_id = str(uuid.uuid4()) if ids_from is None else str(
+            uuid.uuid5(uuid.UUID(ids_from), str(index)))
+        batch.append(NewInstance(job_id, index, position % shards, checked))
         if len(batch) >= size:
             yield batch
             batch = []

@@ -153,6 +153,9 @@ class Store(Protocol):
 
     def mark_event_published(self, orchestration_id: str) -> None: ...
 
+    def note_next(self, orchestration_id: str, note: str) -> None:
+        """Record why the pipeline stage after this orchestration did not start."""
+
     def results(self, orchestration_id: str) -> Iterator[Success | Failure]:
         """Every terminal instance, as a Success or a Failure with its original params
         (what the `Outcome`s given to `record_outcomes` came to)."""

@@ -73,6 +73,7 @@ class JobDefinition:
 _REGISTRY: dict[str, JobDefinition] = {}
 _SCRIPT_RUN_NAME = "__jobfleet_main__"
 _loading_script: list[str] = []  # the script file import_jobs is running, if any
+_SCRIPTS: dict[str, dict[str, Any]] = {}  # script files run, with their globals
 
 
 def job(
@@ -161,13 +162,9 @@ def import_jobs(modules: Iterable[str]) -> None:
         try:
             if spec.endswith(".py"):
                 spec = os.path.abspath(spec)
-                if any(d.source == spec for d in _REGISTRY.values()):
+                if spec in _SCRIPTS or any(d.source == spec for d in _REGISTRY.values()):
                     continue
-                _loading_script.append(spec)
-                try:
-                    runpy.run_path(spec, run_name=_SCRIPT_RUN_NAME)
-                finally:
-                    _loading_script.pop()
+                script_namespace(spec)
             else:
                 importlib.import_module(spec)
         except (Exception, SystemExit) as exc:  # whatever the module raises, SyntaxError too
@@ -176,6 +173,37 @@ def import_jobs(modules: Iterable[str]) -> None:
                 f"{_raised_at(exc, spec)}. Fix the module, or leave it out of JOBFLEET_JOBS "
                 "and --jobs-module."
             ) from exc
+
+
+def script_namespace(path: str) -> dict[str, Any]:
+    """The globals of a jobs script file, run once (as `__jobfleet_main__`, so that its
+    `if __name__ == "__main__":` part does not run)."""
+    if path not in _SCRIPTS:
+        _loading_script.append(path)
+        try:
+            _SCRIPTS[path] = runpy.run_path(path, run_name=_SCRIPT_RUN_NAME)
+        finally:
+            _loading_script.pop()
+    return _SCRIPTS[path]
+
+
+def find_function(name: str) -> Callable[..., Any]:
+    """A module-level function by the name `declared_in` gives it: `module:qualname`,
+    or `/path/file.py:qualname`. LookupError saying why when there is none."""
+    where, _, qualname = name.rpartition(":")
+    if "<locals>" in qualname:
+        raise LookupError(f"{qualname} is declared inside a function; declare it at module "
+                          "level so that other processes can find it")
+    try:
+        found: Any = (script_namespace(where) if where.endswith(".py")
+                      else vars(importlib.import_module(where)))
+        for part in qualname.split("."):
+            found = found[part] if isinstance(found, dict) else getattr(found, part)
+    except (ImportError, KeyError, AttributeError, OSError) as exc:
+        raise LookupError(f"cannot find {name}: {type(exc).__name__}: {exc}") from None
+    if not callable(found):
+        raise LookupError(f"{name} is not a function")
+    return typing.cast(Callable[..., Any], found)
 
 
 def _raised_at(exc: BaseException, spec: str) -> str:

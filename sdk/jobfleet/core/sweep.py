@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from jobfleet.core.completion import settle, settle_without_workers
+from jobfleet.core.completion import Advance, settle, settle_without_workers
 from jobfleet.core.models import NewOrchestration, OrchestrationSnapshot, Status
 from jobfleet.core.ports import EventBus, Launcher, Store
 from jobfleet.core.recovery import Owner, held_by, lost_worker_outcomes
@@ -49,6 +49,7 @@ class Ports:
     store: Store
     launcher: Launcher
     bus: EventBus
+    advance: Advance | None = None  # starts a pipeline's next stage (jobfleet.pipelines)
 
 
 def sweep(ports: Ports, *, now: float | None = None) -> Counter[str]:
@@ -78,7 +79,8 @@ def sweep_orchestration(
     if snap.status.terminal:
         if snap.event_published:
             return NOTHING
-        return ANNOUNCED if settle(store, ports.bus, snap.id).event_published else NOTHING
+        settled = settle(store, ports.bus, snap.id, ports.advance)
+        return ANNOUNCED if settled.event_published else NOTHING
     if not snap.execution:
         if now - snap.created_at < launcher.launch_grace:
             return NOTHING  # its kick-off may still be launching it
@@ -112,7 +114,7 @@ def reap_expired(ports: Ports, snap: OrchestrationSnapshot, *, now: float) -> li
         return []
     outcomes = lost_worker_outcomes(stale, RetryPolicy.of(snap.options), LEASE_EXPIRED, now)
     ports.store.record_outcomes(snap.id, outcomes)
-    settle(ports.store, ports.bus, snap.id)
+    settle(ports.store, ports.bus, snap.id, ports.advance)
     return sorted({c.owner for c in stale})
 
 
@@ -130,18 +132,19 @@ def execution_ended(ports: Ports, snap: OrchestrationSnapshot, why: str) -> str:
         store.record_outcomes(snap.id, lost_worker_outcomes(stale, policy, why))
     shards = store.unfinished_shards(snap.id)
     if not shards:
-        settle(store, ports.bus, snap.id)
+        settle(store, ports.bus, snap.id, ports.advance)
         return NOTHING
     current = store.get_orchestration(snap.id)
     if current.status is not Status.IN_PROGRESS or current.execution != snap.execution:
-        settle(store, ports.bus, snap.id)  # ended, or another caller launched already
+        # Ended, or another caller launched already.
+        settle(store, ports.bus, snap.id, ports.advance)
         return NOTHING
     if store.progress(snap.id) > current.launch_progress:
         return RECOVERED if relaunch(ports, current, shards) else NOTHING
     settle_without_workers(
         store, ports.bus, snap.id,
         f"{why} and made no progress since it was launched; the workers' output says"
-        " why (`jobfleet logs` or the execution's logs)",
+        " why (`jobfleet logs` or the execution's logs)", ports.advance,
     )
     return ENDED
 

@@ -159,6 +159,9 @@ def new_orchestration(o: NewOrchestration, *, total: int) -> JsonObject:
         "launch_progress": 0,
         "publish_claim": None,
         "traceparent": o.traceparent,
+        "parent": o.parent,
+        "then": None if o.then is None else json.dumps(o.then),  # no nested arrays
+        "next_note": "",
     }
 
 
@@ -227,6 +230,9 @@ def orchestration_snapshot(doc: Snapshot, sums: dict[str, int]) -> Orchestration
         event_published=bool(data["event_published"]),
         launch_progress=int(data.get("launch_progress") or 0),
         traceparent=data.get("traceparent") or None,
+        parent=data.get("parent") or None,
+        then=json.loads(data["then"]) if data.get("then") else None,
+        next_note=data.get("next_note") or "",
     )
 
 

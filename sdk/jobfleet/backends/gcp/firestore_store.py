@@ -241,6 +241,9 @@ class FirestoreStore(FirestoreSchedules, FirestoreWorkerSide):
     def release_publish(self, orchestration_id: str) -> None:
         self._update(orchestration_id, {"publish_claim": None})
 
+    def note_next(self, orchestration_id: str, note: str) -> None:
+        self._ref(orchestration_id).update({"next_note": note})
+
     def mark_event_published(self, orchestration_id: str) -> None:
         self._update(orchestration_id, {"event_published": True})
 

@@ -31,7 +31,10 @@ CREATE TABLE IF NOT EXISTS orchestrations (
     version INTEGER NOT NULL DEFAULT 0,
     launch_progress INTEGER NOT NULL DEFAULT 0,
     publish_claim REAL,
-    traceparent TEXT
+    traceparent TEXT,
+    parent TEXT,
+    next_stages TEXT,
+    next_note TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS orchestrations_by_time ON orchestrations (created_at);
 CREATE INDEX IF NOT EXISTS orchestrations_unsettled ON orchestrations (created_at)
@@ -84,13 +87,16 @@ ADDED_COLUMNS = (
     ("orchestrations", "launch_progress", "INTEGER NOT NULL DEFAULT 0"),
     ("orchestrations", "publish_claim", "REAL"),
     ("orchestrations", "traceparent", "TEXT"),
+    ("orchestrations", "parent", "TEXT"),
+    ("orchestrations", "next_stages", "TEXT"),
+    ("orchestrations", "next_note", "TEXT NOT NULL DEFAULT ''"),
     ("jobs", "changed", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "isolated", "INTEGER NOT NULL DEFAULT 0"),
 )
 ORCHESTRATION_COLUMNS = (
     "id, job_name, status, total, parallelism, retries, backoff, timeout, tags, succeeded,"
     " failed, cancelled, created_at, finished_at, execution, event_published, launch_progress,"
-    " traceparent"
+    " traceparent, parent, next_stages, next_note"
 )
 INSTANCE_COLUMNS = (
     "job_id, idx, status, attempts, params, result, error, started_at, finished_at, changed"

@@ -85,11 +85,13 @@ class SqliteStore(SqliteSchedules):
         with self._write() as db:
             db.execute(
                 "INSERT INTO orchestrations (id, job_name, status, parallelism, retries, backoff,"
-                " timeout, tags, created_at, traceparent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " timeout, tags, created_at, traceparent, parent, next_stages)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     o.id, o.job_name, Status.IN_PROGRESS.value, o.options.parallelism,
                     o.options.retries, o.options.backoff, o.options.timeout,
-                    json.dumps(o.tags), o.created_at, o.traceparent,
+                    json.dumps(o.tags), o.created_at, o.traceparent, o.parent,
+                    None if o.then is None else json.dumps(o.then),
                 ),
             )
             for batch in batches:
@@ -147,7 +149,7 @@ class SqliteStore(SqliteSchedules):
     def _snapshot(self, row: tuple[Any, ...]) -> OrchestrationSnapshot:
         (oid, job_name, status, total, parallelism, retries, backoff, timeout, tags,
          succeeded, failed, cancelled, created_at, finished_at, execution, published,
-         launch_progress, traceparent) = row
+         launch_progress, traceparent, parent, then, next_note) = row
         in_progress = 0
         if status == Status.IN_PROGRESS.value:
             in_progress = self._db.execute(
@@ -172,6 +174,9 @@ class SqliteStore(SqliteSchedules):
             event_published=bool(published),
             launch_progress=launch_progress,
             traceparent=traceparent,
+            parent=parent,
+            then=None if then is None else json.loads(then),
+            next_note=next_note,
         )
 
     def replace_execution(
@@ -412,6 +417,11 @@ class SqliteStore(SqliteSchedules):
             db.execute(
                 "UPDATE orchestrations SET publish_claim = NULL WHERE id = ?", (orchestration_id,)
             )
+
+    def note_next(self, orchestration_id: str, note: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE orchestrations SET next_note = ? WHERE id = ?",
+                       (note, orchestration_id))
 
     def mark_event_published(self, orchestration_id: str) -> None:
         with self._write() as db:

@@ -28,6 +28,7 @@ from jobfleet.config import Settings
 from jobfleet.core.completion import settle
 from jobfleet.core.models import Status
 from jobfleet.core.sweep import Ports, execution_ended, reap_expired
+from jobfleet.pipelines import advancer
 
 MAX_TASK_RETRIES = 3  # Cloud Run's default
 STOPPED_CHECK_SECONDS = 0.5
@@ -38,7 +39,8 @@ class Supervisor:
     def __init__(self, orchestration_id: str, task_count: int, settings: Settings) -> None:
         self.orchestration_id = orchestration_id
         self.backend = open_backend(settings)
-        self.ports = Ports(self.backend.store, self.backend.launcher, self.backend.bus)
+        self.ports = Ports(self.backend.store, self.backend.launcher, self.backend.bus,
+                           advancer(settings))
         self.log = settings.log_of(orchestration_id)
         self.log_limit = settings.log_limit_bytes
         self.lease = settings.lease_seconds
@@ -77,7 +79,7 @@ class Supervisor:
                             f"every task of {self.execution} ended with the instance"
                             f" unfinished (out of retries: task {failed}); the workers'"
                             f" output is in {self.log}")
-        settle(store, self.backend.bus, oid)
+        settle(store, self.backend.bus, oid, self.ports.advance)
 
     def reap(self) -> None:
         """Instances whose lease ran out are recovered, and their hung workers killed
