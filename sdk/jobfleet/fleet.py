@@ -43,7 +43,7 @@ from jobfleet.errors import (
     WaitTimeout,
 )
 from jobfleet.log_lines import LogLine
-from jobfleet.pipelines import advance
+from jobfleet.pipelines import advance, stages, wait_pipeline
 from jobfleet.scheduling import Schedules
 
 log = logging.getLogger(__name__)
@@ -239,6 +239,15 @@ class Orchestration:
                 last[outcome.index] = outcome
             pending.extend(s.id for s in self.fleet.handle(current).reruns())
         return partition(last.values())
+
+    def stages(self) -> list[OrchestrationSnapshot]:
+        """The stages started so far of the pipeline this orchestration is a stage of
+        (just itself when it is none), in order."""
+        return stages(self.fleet, self.status())
+
+    def wait_pipeline(self, timeout: float | None = None) -> list[OrchestrationSnapshot]:
+        """Wait for this stage and every stage after it; them, in order."""
+        return wait_pipeline(self.fleet, self.id, timeout)
 
     async def wait_async(self, timeout: float | None = None) -> OrchestrationSnapshot:
         return await asyncio.to_thread(self.fleet.orchestration(self.id).wait, timeout)

@@ -11,11 +11,13 @@ same documents, never a second stage.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from jobfleet.core.models import OrchestrationSnapshot
 from jobfleet.core.pipeline import (
+    MAX_STAGES,
     PIPELINE_TAG,
     STAGE_TAG,
     StageResults,
@@ -99,3 +101,30 @@ def advancer(settings: Settings) -> Advance:
         advance(opened[0], stage)
 
     return run
+
+
+def stages(fleet: JobFleet, stage: OrchestrationSnapshot) -> list[OrchestrationSnapshot]:
+    """Every stage started so far of the pipeline `stage` belongs to, in order."""
+    root = stage.tags.get(PIPELINE_TAG)
+    if root is None:
+        return [stage]
+    found = fleet.history(limit=MAX_STAGES + 1, tag=(PIPELINE_TAG, root))
+    return sorted(found, key=lambda s: int(s.tags.get(STAGE_TAG, "1")))
+
+
+def wait_pipeline(
+    fleet: JobFleet, orchestration_id: str, timeout: float | None = None
+) -> list[OrchestrationSnapshot]:
+    """Wait for this stage and every stage after it to end; the stages from this one
+    on, in order. The pipeline ends at a stage with none after it, or whose next stage
+    did not start (its `next_note` says why)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    done: list[OrchestrationSnapshot] = []
+    current = orchestration_id
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        snap = fleet.handle(current).wait(left)
+        done.append(snap)
+        if not snap.then or snap.next_note:
+            return done
+        current = next_stage_id(snap.id)
