@@ -14,14 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
-import sample_jobs
-from pipeline_support import ended_stage
 
+import sample_jobs
 from conftest import TESTS
 from jobfleet import JobFleet, Stage, Status
 from jobfleet.core.completion import settle
 from jobfleet.core.pipeline import PIPELINE_TAG, STAGE_TAG, next_stage_id
 from jobfleet.errors import InvalidOption
+from pipeline_support import ended_stage
 
 SOURCES = [{"source": s} for s in range(3)]
 
@@ -78,7 +78,7 @@ def test_a_first_stage_that_fails_to_give_params_says_why(fleet: JobFleet) -> No
 def test_bad_stages_are_refused_before_anything_is_created(fleet: JobFleet) -> None:
     with pytest.raises(InvalidOption, match="stage 2: unknown job 'nope'"):
         fleet.kick_off("extract", SOURCES, then=[Stage("nope", params=[{}])])
-    with pytest.raises(InvalidOption, match="stage 2 .* needs params"):
+    with pytest.raises(InvalidOption, match=r"stage 2 .* needs params"):
         fleet.kick_off("extract", SOURCES, then=[Stage("load", params=[])])
     with pytest.raises(InvalidOption, match="declared at module level"):
         fleet.kick_off("extract", SOURCES,
