@@ -57,7 +57,8 @@ class Stage:
     previous stage's results, called when that stage ends) and its options."""
 
     job: str
-    params: list[Any] | StageParams | None = None
+    # A list, a function, or a function's name ("module:function", "file.py:function").
+    params: list[Any] | StageParams | str | None = None
     when: When | str = When.COMPLETED
     parallelism: int | None = None
     retries: int | None = None
@@ -71,7 +72,16 @@ class Stage:
         sources = [definition.source] if definition.source else []
         fixed: list[Any] | None = None
         function: str | None = None
-        if callable(self.params):
+        if isinstance(self.params, str):  # a function by name, from the CLI or the API
+            try:
+                find_function(self.params)
+            except LookupError as exc:
+                raise InvalidOption(f"params function {self.params!r}: {exc}") from None
+            function = self.params
+            where = function.rpartition(":")[0]
+            if where not in sources:
+                sources.append(where)
+        elif callable(self.params):
             function = register(self.params)
             where, _ = declared_in(self.params)
             if where and where not in sources:
@@ -129,7 +139,8 @@ def check_stages(stages: list[Stage]) -> list[JsonObject]:
             raise InvalidOption(
                 f"stage {position}: when must be 'completed' or 'always', got {stage.when!r}"
             ) from None
-        if stage.params is None or (not callable(stage.params) and not list(stage.params)):
+        empty = isinstance(stage.params, list | tuple) and not stage.params
+        if stage.params is None or empty:
             raise InvalidOption(
                 f"stage {position} ({stage.job}) needs params: a non-empty list, or a "
                 "function of the previous stage's results"
