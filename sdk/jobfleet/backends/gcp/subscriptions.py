@@ -134,7 +134,8 @@ def ensure_subscription(
                 ) from None
             changed = delivery.differences(existing)
             if changed:
-                fields = {field: getattr(delivery, field) for field in changed}
+                # A field in the mask but not in the body is cleared (an empty one is not).
+                fields = {f: getattr(delivery, f) for f in changed if getattr(delivery, f)}
                 subscriber.update_subscription(
                     request={
                         "subscription": {"name": name, **fields},
