@@ -220,8 +220,8 @@ def push_handler(
 
     `audience` is the audience of the subscription's OIDC token (by default its push
     endpoint's URL); `service_accounts` the push service accounts allowed (one, or
-    several comma-separated). Mount it on a route of a FastAPI or Starlette app,
-    `app.add_route("/pubsub/push", handler, methods=["POST"])`, or serve it alone
+    several comma-separated). Give it a route of a Starlette or FastAPI app,
+    `Route("/pubsub/push", handler, methods=["POST"])` in its routes, or serve it alone
     (`uvicorn.run(handler)`), where it answers on every path.
     """
     verifier = GoogleIdTokens(
