@@ -79,6 +79,22 @@ class SubscriptionMismatch(JobfleetError):
     """A subscription of that name exists with another topic or filter (both are immutable)."""
 
 
+class InvalidSubscription(JobfleetError, ValueError):
+    """A subscription setting is out of Pub/Sub's range (names, delivery attempts,
+    backoff, push settings); refused before anything is created."""
+
+
+class SubscriptionBusy(JobfleetError):
+    """Another local subscriber consumes this subscription right now."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"local subscription {name!r} is being consumed by another subscriber (in this "
+            "or another process); stop it first, or subscribe under another name"
+        )
+        self.name = name
+
+
 class WaitTimeout(JobfleetError, TimeoutError):
     def __init__(self, orchestration_id: str, timeout: float) -> None:
         super().__init__(

@@ -8,8 +8,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
 
 import pytest
+from google.api_core import exceptions as api_exceptions
 from google.cloud.pubsub_v1 import SubscriberClient
 
 from conftest import Emulators, eventually
@@ -20,7 +23,7 @@ from jobfleet.backends.gcp.pubsub import (
     subscription_path,
 )
 from jobfleet.core.models import JobCompletedEvent, Status
-from jobfleet.errors import NoEventHistory, PublishFailed
+from jobfleet.errors import InvalidSubscription, NoEventHistory, PublishFailed
 
 WAIT = 15.0
 
@@ -214,3 +217,101 @@ def test_a_failed_publish_raises_so_that_it_is_not_recorded_as_published(
             bad.publish(completed("orch-lost"))
     finally:
         bad.close()
+
+
+def stored(project: str, subscription: str) -> Any:
+    with SubscriberClient() as subscriber:
+        return subscriber.get_subscription(
+            request={"subscription": subscription_path(project, subscription)}
+        )
+
+
+def test_a_dead_letter_policy_and_retry_backoff_are_set_and_then_follow_the_code(
+    names: dict[str, str],
+) -> None:
+    project, topic, sub = names["project"], names["topic"], names["sub"]
+    dead = f"dead-{sub}"
+    ensure_subscription(project, topic, sub, dead_letter_topic=dead, max_delivery_attempts=5,
+                        min_backoff=1, max_backoff=60)
+    first = stored(project, sub)
+    assert first.dead_letter_policy.dead_letter_topic == f"projects/{project}/topics/{dead}"
+    assert first.dead_letter_policy.max_delivery_attempts == 5
+    assert (first.retry_policy.minimum_backoff, first.retry_policy.maximum_backoff) == (
+        timedelta(seconds=1), timedelta(seconds=60)
+    )
+    keeper = stored(project, dead)  # dead letters are kept, not dropped by an empty topic
+    assert keeper.topic == f"projects/{project}/topics/{dead}"
+
+    # The dead-letter policy is mutable (topic and filter are not): a new start updates it.
+    ensure_subscription(project, topic, sub, dead_letter_topic=dead, max_delivery_attempts=7)
+    assert stored(project, sub).dead_letter_policy.max_delivery_attempts == 7
+    ensure_subscription(project, topic, sub)
+    assert not stored(project, sub).dead_letter_policy.dead_letter_topic
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"max_delivery_attempts": 4}, "from 5 to 100"),
+        ({"max_delivery_attempts": 101}, "from 5 to 100"),
+        ({"min_backoff": 700, "max_backoff": 800}, "600"),
+        ({"push_endpoint": "https://stage.example.com/push"}, "push_service_account"),
+    ],
+)
+def test_settings_outside_pubsubs_ranges_are_refused_before_anything_is_created(
+    names: dict[str, str], settings: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidSubscription, match=message):
+        ensure_subscription(names["project"], names["topic"], names["sub"],
+                            dead_letter_topic=f"dead-{names['sub']}", **settings)
+    with pytest.raises(api_exceptions.NotFound):
+        stored(names["project"], names["sub"])
+
+
+def test_a_push_subscription_carries_the_oidc_token_settings_push_handler_checks(
+    names: dict[str, str],
+) -> None:
+    endpoint = "https://stage-abc123-uc.a.run.app/pubsub/push"
+    account = "pubsub-push@proj.iam.gserviceaccount.com"
+    ensure_subscription(names["project"], names["topic"], names["sub"],
+                        push_endpoint=endpoint, push_service_account=account)
+    push = stored(names["project"], names["sub"]).push_config
+    assert push.push_endpoint == endpoint
+    assert (push.oidc_token.service_account_email, push.oidc_token.audience) == (
+        account, endpoint
+    )
+
+
+def test_an_event_failing_every_delivery_is_dead_lettered_after_the_maximum(
+    names: dict[str, str], bus: PubSubEventBus
+) -> None:
+    """The gcloud emulator applies dead-letter policies (checked on 528): after the fifth
+    failed delivery the message moves to the dead-letter topic, with Pub/Sub's
+    attributes saying where from and after how many deliveries."""
+    project, sub = names["project"], names["sub"]
+    dead = f"dead-{sub}"
+    ensure_subscription(project, names["topic"], sub, dead_letter_topic=dead,
+                        max_delivery_attempts=5, min_backoff=0.1, max_backoff=0.5)
+    event = completed("orch-poison")
+    bus.publish(event)
+    calls: list[str] = []
+
+    def broken(received: JobCompletedEvent) -> None:
+        calls.append(received.orchestration_id)
+        raise ValueError("the next stage cannot load this")
+
+    with EventSubscriber(project, sub, broken) as stage:
+        assert eventually(lambda: len(calls) >= 5, WAIT)
+        time.sleep(2)  # the time a wrong sixth delivery would take to come
+    assert calls == ["orch-poison"] * 5
+    assert stage.failures == 5
+
+    with SubscriberClient() as subscriber:
+        reply = subscriber.pull(
+            request={"subscription": subscription_path(project, dead), "max_messages": 10},
+            timeout=WAIT,
+        )
+    [letter] = reply.received_messages
+    assert JobCompletedEvent.from_json(json.loads(letter.message.data)) == event
+    assert letter.message.attributes["CloudPubSubDeadLetterSourceSubscription"] == sub
+    assert letter.message.attributes["CloudPubSubDeadLetterSourceDeliveryCount"] == "5"

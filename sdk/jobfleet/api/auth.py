@@ -100,7 +100,11 @@ class StaticToken:
 
 class GoogleIdTokens:
     """Google-signed ID tokens for one audience (the API's URL), from an allow-list of
-    e-mails: a valid signature proves who is calling, not that they may."""
+    e-mails: a valid signature proves who is calling, not that they may.
+
+    The API and a Pub/Sub push endpoint (`api/push.py`) check tokens alike; `guarding`
+    (what the tokens open) and `settings` (where the audience and the allow-list are
+    set) only change what the refusals tell the caller to fix."""
 
     def __init__(
         self,
@@ -109,17 +113,20 @@ class GoogleIdTokens:
         *,
         certs_url: str | None = None,
         clock_skew: int = 10,
+        guarding: str = "this API",
+        settings: tuple[str, str] = ("JOBFLEET_API_AUDIENCE", "JOBFLEET_API_PRINCIPALS"),
     ) -> None:
+        audience_setting, principals_setting = settings
         if not audience.strip():
             raise ConfigurationError(
-                "the ID token audience (JOBFLEET_API_AUDIENCE) is empty: set it to the "
-                "API's URL, e.g. https://jobfleet-api-abc123-uc.a.run.app"
+                f"the ID token audience ({audience_setting}) is empty: set it to the "
+                "URL the tokens are minted for, e.g. https://jobfleet-api-abc123-uc.a.run.app"
             )
         allowed = _principal_set(principals)
         if not allowed:
             raise ConfigurationError(
-                "no principal may use the API: list the allowed e-mails, comma-separated, "
-                "in JOBFLEET_API_PRINCIPALS"
+                f"no principal may use {guarding}: list the allowed e-mails in "
+                f"{principals_setting}"
             )
         _import_google()
         import requests
@@ -128,6 +135,8 @@ class GoogleIdTokens:
         self.principals = allowed
         self.certs_url = certs_url or GOOGLE_CERTS_URL
         self.clock_skew = clock_skew
+        self.guarding = guarding
+        self.principals_setting = principals_setting
         self._certs = _CachedCertsRequest(requests.Session())
 
     def authenticate(self, token: str) -> Principal:
@@ -145,7 +154,8 @@ class GoogleIdTokens:
             raise Forbidden(f"the e-mail {email} is not verified by Google")
         if email.lower() not in self.principals:
             raise Forbidden(
-                f"{email} is not allowed to use this API; add it to JOBFLEET_API_PRINCIPALS"
+                f"{email} is not allowed to use {self.guarding}; add it to "
+                f"{self.principals_setting}"
             )
         return Principal(email)
 

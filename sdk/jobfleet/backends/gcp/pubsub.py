@@ -16,7 +16,6 @@ import logging
 import queue
 import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
@@ -25,77 +24,39 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 from google.cloud.pubsub_v1.types import FlowControl
 
+from jobfleet.backends.gcp.subscriptions import (
+    ensure_subscription,
+    ensure_topic,
+    subscription_path,
+    topic_path,
+)
+from jobfleet.core.deliveries import RECENT_IDS, RecentIds
+from jobfleet.core.deliveries import decode_event as decode
 from jobfleet.core.models import JobCompletedEvent
-from jobfleet.errors import NoEventHistory, PublishFailed, SubscriptionMismatch
+from jobfleet.errors import NoEventHistory, PublishFailed
+
+# ensure_subscription, subscription_path and topic_path live in subscriptions.py; they are
+# importable from here as before.
+__all__ = [
+    "EventSubscriber",
+    "Handler",
+    "PubSubEventBus",
+    "RecentIds",
+    "TopicFollower",
+    "decode",
+    "ensure_subscription",
+    "ensure_topic",
+    "subscription_path",
+    "topic_path",
+]
 
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT = 30.0
-ACK_DEADLINE = 60  # seconds a handler may run before Pub/Sub redelivers (the client extends it)
-RECENT_IDS = 10_000
 FOLLOW_EXPIRY = 24 * 3600  # Pub/Sub's shortest idle expiry: a follower that died still goes away
 POLL = 0.2
 
 Handler = Callable[[JobCompletedEvent], object]
-
-
-def topic_path(project: str, topic: str) -> str:
-    return f"projects/{project}/topics/{topic}"
-
-
-def subscription_path(project: str, subscription: str) -> str:
-    return f"projects/{project}/subscriptions/{subscription}"
-
-
-def decode(data: bytes) -> JobCompletedEvent:
-    return JobCompletedEvent.from_json(json.loads(data))
-
-
-def ensure_topic(publisher: Any, topic: str) -> None:
-    """Create the topic (a full path) unless it exists."""
-    with contextlib.suppress(api_exceptions.AlreadyExists):
-        publisher.create_topic(request={"name": topic})
-
-
-def ensure_subscription(
-    project: str,
-    topic: str,
-    subscription: str,
-    filter: str | None = None,
-    *,
-    ack_deadline: int = ACK_DEADLINE,
-) -> str:
-    """Create the topic and a subscription to it; safe to call on every start. Returns its path.
-
-    A subscription's topic and filter cannot change, so an existing one that differs is
-    an error rather than a silent mismatch.
-    """
-    name = subscription_path(project, subscription)
-    wanted_topic = topic_path(project, topic)
-    publisher = PublisherClient()
-    try:
-        ensure_topic(publisher, wanted_topic)
-    finally:
-        publisher.transport.close()
-    with SubscriberClient() as subscriber:
-        try:
-            subscriber.create_subscription(
-                request={
-                    "name": name,
-                    "topic": wanted_topic,
-                    "filter": filter or "",
-                    "ack_deadline_seconds": ack_deadline,
-                }
-            )
-        except api_exceptions.AlreadyExists:
-            existing = subscriber.get_subscription(request={"subscription": name})
-            if existing.topic != wanted_topic or existing.filter != (filter or ""):
-                raise SubscriptionMismatch(
-                    f"subscription {subscription!r} exists on {existing.topic} with filter "
-                    f"{existing.filter!r}, not on {wanted_topic} with {filter or ''!r}; "
-                    "delete it or choose another name"
-                ) from None
-    return name
 
 
 class PubSubEventBus:
@@ -139,26 +100,6 @@ class PubSubEventBus:
             self._owns_publisher = False  # a stopped publisher refuses a second stop()
             self._publisher.stop()
             self._publisher.transport.close()
-
-
-class RecentIds:
-    """The event ids handled lately, oldest forgotten first: duplicates arrive close together."""
-
-    def __init__(self, capacity: int = RECENT_IDS) -> None:
-        self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def __contains__(self, event_id: object) -> bool:
-        return event_id in self._ids
-
-    def add(self, event_id: str) -> None:
-        self._ids[event_id] = None
-        self._ids.move_to_end(event_id)
-        while len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._ids)
 
 
 class EventSubscriber:

@@ -1,6 +1,7 @@
 """The embedded store's schema: it mirrors the Firestore layout (docs/design.md, State), an
 orchestrations table and a jobs table keyed by (orchestration_id, index), the schedules
-and their fires keyed by (schedule, scheduled time), plus the local event log's table."""
+and their fires keyed by (schedule, scheduled time), plus the local event log's table and
+its subscribers' cursors and redeliveries (`subscriber.py`)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,20 @@ CREATE TABLE IF NOT EXISTS events (
     event_id TEXT NOT NULL UNIQUE,
     orchestration_id TEXT NOT NULL,
     data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    name TEXT PRIMARY KEY,
+    cursor INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS redeliveries (
+    subscription TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    not_before REAL NOT NULL,
+    error TEXT NOT NULL,
+    dead_lettered_at REAL,
+    PRIMARY KEY (subscription, seq)
 );
 """
 
