@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobfleet.core.registry import split_modules
+from jobfleet.core.webhooks import SecretSetting, parse_allow, parse_secret
 from jobfleet.errors import ConfigurationError
 from jobfleet.log_lines import JSON, LOG_FORMATS, TEXT
 
@@ -52,6 +53,10 @@ class Settings:
     log_format: str | None = None
     # Where spans go (tracing.py): None, recorded nowhere; "cloud-trace".
     trace_export: str | None = None
+    # Webhooks (core/webhooks.py): the signing secret, or the Secret Manager version
+    # holding it; which refused kinds of URL are let through ("http", "private").
+    webhook_secret: SecretSetting | None = None
+    webhook_allow: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(
@@ -90,6 +95,8 @@ class Settings:
             ),
             log_format=_choice(env, "JOBFLEET_LOG_FORMAT", LOG_FORMATS),
             trace_export=env.get("JOBFLEET_TRACE_EXPORT") or None,
+            webhook_secret=parse_secret(env.get("JOBFLEET_WEBHOOK_SECRET")),
+            webhook_allow=parse_allow(env.get("JOBFLEET_WEBHOOK_ALLOW")),
         )
 
     @property

@@ -45,6 +45,7 @@ from jobfleet.errors import (
 from jobfleet.log_lines import LogLine
 from jobfleet.pipelines import advance, stages, wait_pipeline
 from jobfleet.scheduling import Schedules
+from jobfleet.webhooks import check_webhooks, deliver_due, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ class Orchestration:
                 parallelism=parallelism or min(snap.options.parallelism, len(chosen)),
                 tags=tags, retries=snap.options.retries, timeout=snap.options.timeout,
                 traceparent=trace.traceparent,
-                lineage=Lineage(indexes=[f.index for f in chosen]),
+                lineage=Lineage(indexes=[f.index for f in chosen]), webhooks=snap.webhooks,
             )
 
     def reruns(self) -> list[OrchestrationSnapshot]:
@@ -296,17 +297,24 @@ class JobFleet:
         return Ports(backend.store, backend.launcher, backend.bus, self.advance)
 
     def advance(self, stage: OrchestrationSnapshot) -> None:
-        """Start the pipeline stage after `stage`, which has ended (jobfleet.pipelines)."""
+        """What follows an orchestration's end: the pipeline stage after it
+        (jobfleet.pipelines), then its webhooks' first attempts (jobfleet.webhooks)."""
         advance(self, stage)
+        enqueue(self, stage)
 
-    def sweep(self) -> Counter[str]:
+    def sweep(self, *, now: float | None = None) -> Counter[str]:
         """Bring back whatever faults left behind, in every unsettled orchestration (see
         core/sweep.py); returns how many orchestrations got each action. Safe to run at
         any time, from any number of processes. On Google Cloud it also fires what
-        schedules missed (Cloud Scheduler never catches up; locally the scheduler does)."""
-        done = sweep(self.ports)
+        schedules missed (Cloud Scheduler never catches up; locally the scheduler does).
+        It retries the webhook deliveries that are due by `now` (a test's clock)."""
+        done = sweep(self.ports, now=now)
         if self.settings.backend == "gcp":
             self.schedules.catch_up()
+        try:
+            deliver_due(self, now)
+        except Exception as exc:  # the next sweep retries them; the rest was swept
+            log.warning("webhook retries failed: %s", exc)
         return done
 
     def __enter__(self) -> JobFleet:
@@ -325,6 +333,7 @@ class JobFleet:
         retries: int | None = None,
         timeout: float | None = None,
         then: Sequence[Stage] | None = None,
+        webhooks: Sequence[str] | None = None,
     ) -> Orchestration:
         """Create one instance per parameter set and start the workers.
 
@@ -336,6 +345,10 @@ class JobFleet:
         before it ends (on Completed only, or on any end), once, over a fixed list of
         parameter sets or what a function of the previous stage's results returns.
         Every stage is tagged `pipeline=<this id>` and `stage=<position>`.
+
+        `webhooks` (default: the job's) receive the JobCompletedEvent, signed
+        (jobfleet.webhooks); https URLs outside private ranges, unless
+        JOBFLEET_WEBHOOK_ALLOW says otherwise.
         """
         lineage = Lineage()
         tags = dict(tags or {})
@@ -345,7 +358,7 @@ class JobFleet:
         with tracing.kick_off_span(job_name) as trace:
             return self._kick_off(job_name, params, parallelism=parallelism, tags=tags,
                                   retries=retries, timeout=timeout, traceparent=trace.traceparent,
-                                  lineage=lineage)
+                                  lineage=lineage, webhooks=webhooks)
 
     def _kick_off(
         self,
@@ -358,6 +371,7 @@ class JobFleet:
         timeout: float | None,
         traceparent: str,
         lineage: Lineage,
+        webhooks: Sequence[str] | None = None,
     ) -> Orchestration:
         definition = get_launchable_job(job_name)
         options = RunOptions(
@@ -367,6 +381,8 @@ class JobFleet:
             parallelism=default_parallelism(self.settings) if parallelism is None else parallelism,
         )
         check_options(options, tags or {})
+        hooks = check_webhooks(definition.webhooks if webhooks is None else webhooks,
+                               self.settings)
         new = NewOrchestration(
             id=lineage.id or str(uuid.uuid4()),
             job_name=job_name,
@@ -376,6 +392,7 @@ class JobFleet:
             traceparent=traceparent,
             parent=lineage.parent,
             then=lineage.then,
+            webhooks=hooks,
         )
         batches = param_sets.instance_batches(
             definition, params, shards=options.parallelism, indexes=lineage.indexes,

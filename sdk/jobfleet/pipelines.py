@@ -87,18 +87,19 @@ def _results(fleet: JobFleet, stage: OrchestrationSnapshot) -> StageResults:
 
 def advancer(settings: Settings) -> Advance:
     """An `advance` for a process that has no JobFleet (a worker, the completion
-    function): it opens one on first use only, since most orchestrations are no stage."""
+    function): it opens one on first use only, since most orchestrations are no stage
+    and have no webhooks. It does what `JobFleet.advance` does."""
     opened: list[JobFleet] = []
 
     def run(stage: OrchestrationSnapshot) -> None:
-        if not stage.then:
+        if not (stage.then or stage.webhooks):
             return
         if not opened:
             from jobfleet.fleet import JobFleet
 
             opened.append(JobFleet(backend=settings.backend, home=settings.home,
                                    jobs_modules=list(settings.jobs_modules)))
-        advance(opened[0], stage)
+        opened[0].advance(stage)
 
     return run
 

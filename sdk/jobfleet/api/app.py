@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobfleet.api import routes, schedule_routes, schemas
+from jobfleet.api import routes, schedule_routes, schemas, webhook_routes
 from jobfleet.api.auth import Authenticator, AuthError, Principal, Unauthenticated, bearer_token
 from jobfleet.api.body_limit import BodyLimit
 from jobfleet.api.live import LiveHub
@@ -111,6 +111,7 @@ def create_app(
     app.state.authenticator = authenticator
     app.include_router(routes.router)
     app.include_router(schedule_routes.router)
+    app.include_router(webhook_routes.router)
     _add_error_handlers(app)
     _add_pages(app)
     # The last added runs first: a request is timed, its Host checked, its body bounded,

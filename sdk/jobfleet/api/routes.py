@@ -89,7 +89,7 @@ def kick_off(body: schemas.KickOff, request: Request, response: Response) -> dic
     with tracing.continued(request.headers.get("traceparent")):
         orchestration = fleet_of(request).kick_off(
             body.job_name, body.params, parallelism=body.parallelism, tags=body.tags,
-            retries=body.retries, timeout=body.timeout,
+            retries=body.retries, timeout=body.timeout, webhooks=body.webhooks,
         )
     response.headers["Location"] = links(orchestration.id)["self"]
     return orchestration_json(orchestration.status())

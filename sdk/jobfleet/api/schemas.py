@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from jobfleet.core.options import MAX_PARALLELISM, MAX_RETRIES, MAX_TIMEOUT
 from jobfleet.core.schedules import CatchUp, FireState, Overlap, Trigger
+from jobfleet.core.webhooks import MAX_WEBHOOKS
 
 # One request's worth: the SDK streams more than this from an iterator.
 MAX_PARAM_SETS = 100_000
@@ -26,6 +27,10 @@ class KickOff(BaseModel):
     tags: dict[str, str] | None = None
     retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES)
     timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT, description="seconds")
+    webhooks: list[str] | None = Field(
+        default=None, max_length=MAX_WEBHOOKS,
+        description="URLs that receive the signed completion event (default: the job's)",
+    )
 
 
 class Links(BaseModel):

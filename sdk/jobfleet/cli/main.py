@@ -18,6 +18,7 @@ from typing import Any
 
 from jobfleet.cli import render
 from jobfleet.cli import schedules as schedule_commands
+from jobfleet.cli import webhooks as webhook_commands
 from jobfleet.cli.arguments import EXIT_FAILED, EXIT_OK, EXIT_USAGE, parse_tags
 from jobfleet.cli.params_file import read_params
 from jobfleet.core.models import Status
@@ -47,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="a tag KEY=VALUE on the orchestration; repeatable")
     run.add_argument("--retries", type=int, metavar="N")
     run.add_argument("--timeout", type=float, metavar="S", help="seconds per attempt")
+    run.add_argument("--webhook", action="append", metavar="URL",
+                     help="a URL that receives the signed completion event; repeatable")
     run.add_argument("--no-wait", action="store_true", help="print the id and return at once")
     run.add_argument("--json", action="store_true")
 
@@ -99,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
                        "(on Google Cloud, Cloud Scheduler fires them anyway)")
 
     schedule_commands.add_parsers(sub)
+    webhook_commands.add_parsers(sub)
 
     dev = sub.add_parser("dev", help="the local Google Cloud stack (emulators and all)")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="up|down")
@@ -133,7 +137,7 @@ def cmd_run(fleet: JobFleet, args: argparse.Namespace) -> int:
     params = read_params(args.params)
     orchestration = fleet.kick_off(
         args.job, params, parallelism=args.parallelism, tags=parse_tags(args.tag),
-        retries=args.retries, timeout=args.timeout,
+        retries=args.retries, timeout=args.timeout, webhooks=args.webhook,
     )
     if args.no_wait:
         snap = orchestration.status()
@@ -258,6 +262,8 @@ def dispatch(fleet: JobFleet, args: argparse.Namespace) -> int:
         return cmd_logs(fleet, args)
     if command in schedule_commands.COMMANDS:
         return schedule_commands.dispatch(fleet, args)
+    if command in webhook_commands.COMMANDS:
+        return webhook_commands.dispatch(fleet, args)
     if command == "sweep":
         done = fleet.sweep()
         render.sweep(done, args.json)

@@ -32,7 +32,8 @@ def final_status(counts: Counts) -> Status | None:
 
 
 PUBLISH_HOLD_SECONDS = 30.0
-# A pipeline stage's publisher also starts the next stage (a kick-off) within its hold.
+# A pipeline stage's publisher also starts the next stage (a kick-off), and a webhook
+# orchestration's makes the first attempts (10 s at most each, at once), within its hold.
 STAGE_HOLD_SECONDS = 300.0
 
 Advance = Callable[[OrchestrationSnapshot], None]
@@ -51,9 +52,10 @@ def settle(
     published once, or again only after a death, never lost. Its id is deterministic,
     so a subscriber can drop that rare second copy.
 
-    A pipeline stage's publisher starts the next stage (`advance`, jobfleet.pipelines)
-    before recording the publish, so that a death between the two leaves it to the next
-    settler; a caller without `advance` leaves such a stage to one that has it.
+    A pipeline stage's publisher starts the next stage (`advance`, jobfleet.pipelines),
+    and an orchestration with webhooks gets its deliveries (jobfleet.webhooks), before
+    the publish is recorded, so that a death between the two leaves it to the next
+    settler; a caller without `advance` leaves such an orchestration to one that has it.
     """
     snap = store.get_orchestration(orchestration_id)
     if snap.status is Status.IN_PROGRESS:
@@ -62,9 +64,10 @@ def settle(
             return snap
         store.finish_orchestration(orchestration_id, final, time.time())
         snap = store.get_orchestration(orchestration_id)
-    if snap.then and advance is None:
+    follow_up = bool(snap.then or snap.webhooks)
+    if follow_up and advance is None:
         return snap
-    hold = STAGE_HOLD_SECONDS if snap.then else PUBLISH_HOLD_SECONDS
+    hold = STAGE_HOLD_SECONDS if follow_up else PUBLISH_HOLD_SECONDS
     if (
         snap.status.terminal
         and not snap.event_published

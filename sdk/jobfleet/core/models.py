@@ -85,6 +85,8 @@ class NewOrchestration:
     # to come after it (as JSON), started one by one as each ends.
     parent: str | None = None
     then: list[JsonObject] | None = None
+    # URLs that receive its JobCompletedEvent, signed (core/webhooks.py).
+    webhooks: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,7 @@ class OrchestrationSnapshot:
     parent: str | None = None  # the pipeline stage this one follows
     then: list[JsonObject] | None = None  # the stages still to come (core/pipeline.py)
     next_note: str = ""  # why the next stage did not start, when it did not
+    webhooks: list[str] = field(default_factory=list)  # receive its event (core/webhooks.py)
 
     def to_json(self) -> JsonObject:
         c = self.counts

@@ -25,6 +25,7 @@ from jobfleet.core.models import (
     Success,
 )
 from jobfleet.core.schedules import Fire, Schedule
+from jobfleet.core.webhooks import WebhookDelivery
 from jobfleet.log_lines import LogLine
 
 
@@ -198,6 +199,31 @@ class Store(Protocol):
 
     def list_fires(self, schedule: str, *, limit: int = 20) -> list[Fire]:
         """Newest scheduled time first."""
+
+    # Webhook deliveries (core/webhooks.py), one per (orchestration, URL).
+
+    def create_webhook_deliveries(self, deliveries: Sequence[WebhookDelivery]) -> None:
+        """Write each delivery unless one of its (orchestration, URL) exists: safe to
+        repeat, and a repeat changes nothing."""
+
+    def webhook_deliveries(self, orchestration_id: str) -> list[WebhookDelivery]:
+        """An orchestration's deliveries, by URL."""
+
+    def due_webhook_deliveries(self, *, now: float, limit: int) -> list[WebhookDelivery]:
+        """Pending deliveries whose next attempt is due by `now`, earliest first: an
+        indexed query, whose cost follows the due deliveries, not the history."""
+
+    def claim_webhook_delivery(
+        self, orchestration_id: str, url: str, *, now: float, hold: float, claimant: str
+    ) -> WebhookDelivery | None:
+        """Take the next attempt of a delivery for `hold` seconds, in one conditional
+        write that applies `may_claim`: of concurrent callers one gets the delivery
+        (holding `claimant`), the others None."""
+
+    def record_webhook_attempt(self, delivery: WebhookDelivery, claimant: str) -> bool:
+        """Write `delivery` (its attempts, state and next attempt, claim released) if the
+        stored one is still held by `claimant`; False if its hold lapsed and another
+        caller claimed it since."""
 
     def close(self) -> None: ...
 

@@ -34,6 +34,7 @@ class JobDefinition:
     timeout: float | None = None
     source: str = ""  # module name, or a file path for a script's jobs
     importable: bool = True  # False when declared where no worker can import it
+    webhooks: tuple[str, ...] = ()  # the default when a kick-off names none
     _params_type: Any = field(default=None, repr=False)
     _resolved: bool = field(default=False, repr=False)
 
@@ -82,12 +83,19 @@ def job(
     retries: int = DEFAULT_RETRIES,
     backoff: float = DEFAULT_BACKOFF,
     timeout: float | None = None,
+    webhooks: Iterable[str] = (),
 ) -> Callable[[T], T]:
-    """Register a class with a `run(self, params)` method, or a function of `params`."""
+    """Register a class with a `run(self, params)` method, or a function of `params`.
+
+    `webhooks` receive the completion event of each kick-off that names none (checked
+    at kick-off, where the settings that allow URLs are known)."""
     if not name or not isinstance(name, str):
         raise ValueError("a job needs a non-empty string name")
     if retries < 0 or backoff < 0 or (timeout is not None and timeout <= 0):
         raise ValueError("retries and backoff must be >= 0 and timeout > 0")
+    hooks = (webhooks,) if isinstance(webhooks, str) else tuple(webhooks)
+    if isinstance(webhooks, str) or not all(isinstance(u, str) for u in hooks):
+        raise ValueError("webhooks is a list of URL strings")
 
     def register(target: T) -> T:
         if inspect.isclass(target) and not callable(getattr(target, "run", None)):
@@ -97,7 +105,7 @@ def job(
         source, importable = declared_in(target)
         _REGISTRY[name] = JobDefinition(
             name=name, target=target, retries=retries, backoff=backoff, timeout=timeout,
-            source=source, importable=importable,
+            source=source, importable=importable, webhooks=hooks,
         )
         return target
 

@@ -5,6 +5,7 @@
     jobfleet_orchestrations/{orchestration_id}/shards/{shard}  counters of a shard's instances
     jobfleet_leases/{owner hash}                               a worker's heartbeat
     jobfleet_schedules/{name}[/fires/{scheduled_at}]          schedules (firestore_schedules.py)
+    jobfleet_webhooks/{hash of orchestration, url}            deliveries (firestore_webhooks.py)
 
 Firestore sustains about one write per second per document, so no document is written
 once per job instance: an orchestration's counts live in its shards' counter documents,
@@ -162,6 +163,7 @@ def new_orchestration(o: NewOrchestration, *, total: int) -> JsonObject:
         "parent": o.parent,
         "then": None if o.then is None else json.dumps(o.then),  # no nested arrays
         "next_note": "",
+        "webhooks": list(o.webhooks),
     }
 
 
@@ -233,6 +235,7 @@ def orchestration_snapshot(doc: Snapshot, sums: dict[str, int]) -> Orchestration
         parent=data.get("parent") or None,
         then=json.loads(data["then"]) if data.get("then") else None,
         next_note=data.get("next_note") or "",
+        webhooks=list(data.get("webhooks") or []),
     )
 
 

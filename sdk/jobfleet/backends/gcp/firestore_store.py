@@ -43,6 +43,7 @@ from jobfleet.backends.gcp.firestore_documents import (
     unfinished_in,
 )
 from jobfleet.backends.gcp.firestore_schedules import FirestoreSchedules
+from jobfleet.backends.gcp.firestore_webhooks import FirestoreWebhooks
 from jobfleet.backends.gcp.firestore_worker import (
     CHUNK,
     CONFLICT_ATTEMPTS,
@@ -70,7 +71,7 @@ PAGE = 2000  # instances read per query page
 CLOCK_MARGIN = 2.0
 
 
-class FirestoreStore(FirestoreSchedules, FirestoreWorkerSide):
+class FirestoreStore(FirestoreSchedules, FirestoreWebhooks, FirestoreWorkerSide):
     """The Store port on Firestore. Safe to share between threads: the client is, and every
     operation runs in a transaction or commit of its own."""
 

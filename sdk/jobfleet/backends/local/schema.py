@@ -1,7 +1,8 @@
 """The embedded store's schema: it mirrors the Firestore layout (docs/design.md, State), an
 orchestrations table and a jobs table keyed by (orchestration_id, index), the schedules
-and their fires keyed by (schedule, scheduled time), plus the local event log's table and
-its subscribers' cursors and redeliveries (`subscriber.py`)."""
+and their fires keyed by (schedule, scheduled time), webhook deliveries keyed by
+(orchestration, URL), plus the local event log's table and its subscribers' cursors and
+redeliveries (`subscriber.py`)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS orchestrations (
     traceparent TEXT,
     parent TEXT,
     next_stages TEXT,
-    next_note TEXT NOT NULL DEFAULT ''
+    next_note TEXT NOT NULL DEFAULT '',
+    webhooks TEXT
 );
 CREATE INDEX IF NOT EXISTS orchestrations_by_time ON orchestrations (created_at);
 CREATE INDEX IF NOT EXISTS orchestrations_unsettled ON orchestrations (created_at)
@@ -74,6 +76,16 @@ CREATE TABLE IF NOT EXISTS fires (
     data TEXT NOT NULL,
     PRIMARY KEY (schedule, scheduled_at)
 );
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    orchestration_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    state TEXT NOT NULL,
+    next_attempt_at REAL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (orchestration_id, url)
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
+    WHERE state = 'pending';
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL UNIQUE,
@@ -105,13 +117,14 @@ ADDED_COLUMNS = (
     ("orchestrations", "parent", "TEXT"),
     ("orchestrations", "next_stages", "TEXT"),
     ("orchestrations", "next_note", "TEXT NOT NULL DEFAULT ''"),
+    ("orchestrations", "webhooks", "TEXT"),
     ("jobs", "changed", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "isolated", "INTEGER NOT NULL DEFAULT 0"),
 )
 ORCHESTRATION_COLUMNS = (
     "id, job_name, status, total, parallelism, retries, backoff, timeout, tags, succeeded,"
     " failed, cancelled, created_at, finished_at, execution, event_published, launch_progress,"
-    " traceparent, parent, next_stages, next_note"
+    " traceparent, parent, next_stages, next_note, webhooks"
 )
 INSTANCE_COLUMNS = (
     "job_id, idx, status, attempts, params, result, error, started_at, finished_at, changed"

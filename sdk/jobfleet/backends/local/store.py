@@ -22,6 +22,7 @@ from jobfleet.backends.local.schema import (
     instance_of,
     next_stamp,
 )
+from jobfleet.backends.local.webhook_store import SqliteWebhooks
 from jobfleet.core.models import (
     TERMINAL,
     ClaimedInstance,
@@ -62,7 +63,7 @@ ENDED = _sql(*TERMINAL)
 LOCK_BLACKOUT = 1.0
 
 
-class SqliteStore(SqliteSchedules):
+class SqliteStore(SqliteSchedules, SqliteWebhooks):
     """Safe to share between threads: each thread gets connections of its own."""
 
     stamp_margin = 0.0  # `changed` is a per-orchestration commit sequence
@@ -85,13 +86,14 @@ class SqliteStore(SqliteSchedules):
         with self._write() as db:
             db.execute(
                 "INSERT INTO orchestrations (id, job_name, status, parallelism, retries, backoff,"
-                " timeout, tags, created_at, traceparent, parent, next_stages)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " timeout, tags, created_at, traceparent, parent, next_stages, webhooks)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     o.id, o.job_name, Status.IN_PROGRESS.value, o.options.parallelism,
                     o.options.retries, o.options.backoff, o.options.timeout,
                     json.dumps(o.tags), o.created_at, o.traceparent, o.parent,
                     None if o.then is None else json.dumps(o.then),
+                    json.dumps(o.webhooks) if o.webhooks else None,
                 ),
             )
             for batch in batches:
@@ -149,7 +151,7 @@ class SqliteStore(SqliteSchedules):
     def _snapshot(self, row: tuple[Any, ...]) -> OrchestrationSnapshot:
         (oid, job_name, status, total, parallelism, retries, backoff, timeout, tags,
          succeeded, failed, cancelled, created_at, finished_at, execution, published,
-         launch_progress, traceparent, parent, then, next_note) = row
+         launch_progress, traceparent, parent, then, next_note, webhooks) = row
         in_progress = 0
         if status == Status.IN_PROGRESS.value:
             in_progress = self._db.execute(
@@ -177,6 +179,7 @@ class SqliteStore(SqliteSchedules):
             parent=parent,
             then=None if then is None else json.loads(then),
             next_note=next_note,
+            webhooks=json.loads(webhooks) if webhooks else [],
         )
 
     def replace_execution(
