@@ -104,6 +104,11 @@ def test_a_pipeline_that_stops_says_why_in_the_stage_where_it_stopped(
     ([{"job": "transform", "params_from": "sample_jobs:no_such_function"}],
      "stage 2: params function 'sample_jobs:no_such_function'"),
     ([{"job": "transform"}], "stage 2 (transform) needs params"),
+    ([{"job": "transform", "params_from": "os:system"}],
+     "stage 2 (transform): params_from 'os:system' must be 'module:function' in one of the "
+     "server's jobs modules (sample_jobs)"),
+    ([{"job": "transform", "params_from": "/tmp/anything.py:main"}],
+     "params_from '/tmp/anything.py:main' must be"),
 ])
 def test_a_bad_stage_is_refused_by_name_and_nothing_is_created(
     serve: ServerFactory, then: list[dict[str, Any]], named: str

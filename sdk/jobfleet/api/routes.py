@@ -85,10 +85,20 @@ def detail_json(fleet: JobFleet, snap: OrchestrationSnapshot) -> dict[str, Any]:
     return {**snap.to_json(), "links": {**links(snap.id), **links_of(fleet, snap).to_json()}}
 
 
-def stage_of(position: int, spec: schemas.NextStage) -> Stage:
+def stage_of(fleet: JobFleet, position: int, spec: schemas.NextStage) -> Stage:
+    """A stage of a kick-off's `then`. Its params function must be in one of the
+    server's jobs modules: a name from a request never imports any other module, nor
+    runs a file."""
     if spec.params is not None and spec.params_from is not None:
         raise InvalidOption(
             f"stage {position} ({spec.job}): give params or params_from, not both"
+        )
+    modules = fleet.settings.jobs_modules
+    if spec.params_from is not None and spec.params_from.rpartition(":")[0] not in modules:
+        known = ", ".join(modules) or "none: start it with --jobs-module or JOBFLEET_JOBS"
+        raise InvalidOption(
+            f"stage {position} ({spec.job}): params_from {spec.params_from!r} must be "
+            f"'module:function' in one of the server's jobs modules ({known})"
         )
     return Stage(
         spec.job, params=spec.params if spec.params is not None else spec.params_from,
@@ -106,9 +116,10 @@ def kick_off(body: schemas.KickOff, request: Request, response: Response) -> dic
     its index and nothing is created. A `traceparent` header puts the kick-off (and so
     its workers and event) in the caller's trace. `then` makes it a pipeline's first
     stage; every stage is checked first too, and a refused one is named."""
-    stages = [stage_of(n, spec) for n, spec in enumerate(body.then or [], start=2)]
+    fleet = fleet_of(request)
+    stages = [stage_of(fleet, n, spec) for n, spec in enumerate(body.then or [], start=2)]
     with tracing.continued(request.headers.get("traceparent")):
-        orchestration = fleet_of(request).kick_off(
+        orchestration = fleet.kick_off(
             body.job_name, body.params, parallelism=body.parallelism, tags=body.tags,
             retries=body.retries, timeout=body.timeout, then=stages or None,
         )
