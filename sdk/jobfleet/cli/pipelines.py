@@ -16,7 +16,14 @@ import sys
 from typing import Any
 
 from jobfleet.cli import render
-from jobfleet.cli.arguments import EXIT_FAILED, EXIT_OK, exit_code, follow, parse_tags
+from jobfleet.cli.arguments import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_jobs_module,
+    exit_code,
+    follow,
+    parse_tags,
+)
 from jobfleet.cli.params_file import read_params
 from jobfleet.core.models import OrchestrationSnapshot, Status
 from jobfleet.core.pipeline import Stage, When, next_stage_id
@@ -48,6 +55,7 @@ def add_parsers(
     rerun.add_argument("--cancelled", action="store_true", help="the Cancelled ones")
     rerun.add_argument("--parallelism", type=int, metavar="N")
     rerun.add_argument("--no-wait", action="store_true", help="print the new run and return")
+    add_jobs_module(rerun)
     rerun.add_argument("--json", action="store_true")
 
 
@@ -79,7 +87,9 @@ def parse_then(spec: str, position: int) -> Stage:
     if os.path.isfile(source):
         params = read_params(source)
     elif ":" in source:
-        params = source
+        where, _, function = source.rpartition(":")
+        # A script's function is found by its path in whichever process starts the stage.
+        params = f"{os.path.abspath(where)}:{function}" if where.endswith(".py") else source
     else:
         raise wrong(f"{source!r} is neither a params file nor a MODULE:FUNCTION name")
     return Stage(job, params=params, when=when)
