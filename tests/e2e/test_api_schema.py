@@ -55,7 +55,7 @@ def test_the_served_document_is_the_one_under_test(server: Server) -> None:
 # but only for these reasons (the fire route's header is optional in the schema so that
 # its absence is a 400 that names it).
 REFUSED_AT_RUN_TIME = {
-    "POST /v1/orchestrations": {"unknown_job", "invalid_params"},
+    "POST /v1/orchestrations": {"unknown_job", "invalid_params", "invalid_option"},
     "POST /v1/schedules": {"invalid_schedule"},
     "PATCH /v1/schedules/{name}": {"invalid_schedule"},
     "POST /v1/schedules/{name}/fire": {"invalid_schedule_time"},

@@ -8,6 +8,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -412,4 +413,92 @@ def test_the_schedules_page_shows_a_schedule_and_run_now_starts_a_run(
     page.go_back()
     by_id(page, "pause-button").click()
     expect(by_id(page, "schedule-state")).to_have_text("Active")
+    assert tab.unexpected_errors() == []
+
+
+# -- pipelines and re-runs ------------------------------------------------------------------
+
+
+def test_a_stage_shows_its_pipeline_live_and_links_each_stage(
+    serve: ServerFactory, tab: Tab
+) -> None:
+    server = serve()
+    reply = httpx.post(f"{server.url}/v1/orchestrations", headers=server.headers(), timeout=30,
+                       json={"job_name": "greet", "params": [{"name": "a", "count": 1}],
+                             "then": [{"job": "sleepy", "params": [{"n": 1, "seconds": 2}]},
+                                      {"job": "load", "params": [{"values": [1, 2]}]}]})
+    assert reply.status_code == 202, reply.text
+    first = reply.json()["orchestration_id"]
+    page = tab.page
+    page.goto(f"{server.url}/orchestrations/{first}")
+    page.evaluate("window.sameDocument = true")
+
+    stages = by_id(page, "pipeline-stage")
+    expect(stages).to_have_count(3, timeout=60_000)  # stages appear as they start
+    expect(by_id(page, "pipeline-stage-status")).to_have_text(["Completed"] * 3,
+                                                               timeout=60_000)
+    assert page.evaluate("window.sameDocument") is True  # no reload
+    expect(by_id(page, "pipeline-stage-link")).to_have_text(["1. greet", "2. sleepy", "3. load"])
+    expect(by_id(page, "pipeline-stage-future")).to_have_count(0)
+    expect(stages.nth(0)).to_have_attribute("aria-current", "page")
+    expect(page.locator(".stages li.current")).to_have_count(1)
+    expect(by_id(page, "pipeline-note")).to_be_hidden()
+    ids = [stages.nth(n).get_attribute("data-orchestration-id") for n in range(3)]
+
+    by_id(page, "pipeline-stage-link").nth(2).click()
+    page.wait_for_url(f"**/orchestrations/{ids[2]}")
+    expect(by_id(page, "job-name")).to_have_text("load")
+    expect(by_id(page, "pipeline-stage").nth(2)).to_have_attribute("aria-current", "page")
+    expect(by_id(page, "pipeline-stage").nth(0)).not_to_have_attribute("aria-current", "page")
+    assert tab.unexpected_errors() == []
+
+
+def test_a_stopped_pipeline_says_why_where_it_stopped(serve: ServerFactory, tab: Tab) -> None:
+    server = serve()
+    reply = httpx.post(f"{server.url}/v1/orchestrations", headers=server.headers(), timeout=30,
+                       json={"job_name": "maybe_fail", "params": [{"n": 1, "fail": True}],
+                             "then": [{"job": "greet", "params": [{"name": "b", "count": 2}]},
+                                      {"job": "greet", "params": [{"name": "c", "count": 3}]}]})
+    first = reply.json()["orchestration_id"]
+    wait_until_ended(server, first)
+    page = tab.page
+    page.goto(f"{server.url}/orchestrations/{first}")
+    expect(by_id(page, "pipeline-stage")).to_have_count(1)
+    expect(by_id(page, "pipeline-note")).to_have_text(
+        "The pipeline stopped after stage 1: the pipeline stops: this stage ended Errored")
+    expect(by_id(page, "pipeline-stage-future")).to_have_count(0)
+    assert tab.unexpected_errors() == []
+
+
+def test_re_run_failed_starts_a_run_of_the_failures_and_links_both_ways(
+    serve: ServerFactory, tab: Tab, tmp_path: Path
+) -> None:
+    server = serve()
+    broken = tmp_path / "broken"
+    broken.write_text("yes")
+    oid = kick_off(server, "until_fixed",
+                   [{"n": n, "broken": str(broken) if n in (1, 2) else ""} for n in range(4)])
+    wait_until_ended(server, oid)
+    page = tab.page
+    page.goto(f"{server.url}/orchestrations/{oid}")
+    button = by_id(page, "rerun-button")
+    expect(button).to_be_visible()
+    expect(button).to_have_text("Re-run failed")
+    expect(by_id(page, "pipeline")).to_be_hidden()
+    expect(by_id(page, "reruns")).to_be_hidden()
+    broken.unlink()
+
+    button.click()
+    page.wait_for_url(re.compile(r".*/orchestrations/(?!" + re.escape(oid) + r")[0-9a-f-]+$"))
+    rid = page.url.rsplit("/", 1)[1]
+    expect(by_id(page, "status")).to_have_text("Completed")
+    expect(by_id(page, "count-total")).to_have_text("2")
+    expect(by_id(page, "rerun-of-link")).to_have_attribute("href", f"/orchestrations/{oid}")
+    expect(by_id(page, "rerun-button")).to_be_hidden()  # nothing failed in the re-run
+    assert status_of(server, rid)["tags"]["rerun_of"] == oid
+
+    by_id(page, "rerun-of-link").click()
+    page.wait_for_url(f"**/orchestrations/{oid}")
+    expect(by_id(page, "rerun-link")).to_have_count(1)
+    expect(by_id(page, "rerun-link")).to_have_attribute("href", f"/orchestrations/{rid}")
     assert tab.unexpected_errors() == []

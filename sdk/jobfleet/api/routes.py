@@ -14,10 +14,12 @@ from jobfleet.api.live import LiveHub
 from jobfleet.core.models import JobInstance, OrchestrationSnapshot, Status
 from jobfleet.core.options import parse_tag_filter
 from jobfleet.core.params import params_schema
+from jobfleet.core.pipeline import Stage
 from jobfleet.core.registry import get_job, known_jobs
 from jobfleet.core.sweep import report
-from jobfleet.errors import JobfleetError, UnknownOrchestration
+from jobfleet.errors import InvalidOption, JobfleetError, UnknownOrchestration
 from jobfleet.fleet import JobFleet, Orchestration
+from jobfleet.run_links import links_of, rerun_tree
 
 PREFIX = "/v1"
 PING_SECONDS = 15
@@ -69,13 +71,40 @@ def links(orchestration_id: str) -> dict[str, str]:
     base = f"{PREFIX}/orchestrations/{orchestration_id}"
     return {
         "self": base, "jobs": f"{base}/jobs", "results": f"{base}/results",
-        "events": f"{base}/events", "cancel": f"{base}/cancel",
+        "events": f"{base}/events", "cancel": f"{base}/cancel", "rerun": f"{base}/rerun",
         "dashboard": f"/orchestrations/{orchestration_id}",
     }
 
 
 def orchestration_json(snap: OrchestrationSnapshot) -> dict[str, Any]:
     return {**snap.to_json(), "links": links(snap.id)}
+
+
+def detail_json(fleet: JobFleet, snap: OrchestrationSnapshot) -> dict[str, Any]:
+    """One orchestration with how it links to others: its pipeline, its re-runs."""
+    return {**snap.to_json(), "links": {**links(snap.id), **links_of(fleet, snap).to_json()}}
+
+
+def stage_of(fleet: JobFleet, position: int, spec: schemas.NextStage) -> Stage:
+    """A stage of a kick-off's `then`. Its params function must be in one of the
+    server's jobs modules: a name from a request never imports any other module, nor
+    runs a file."""
+    if spec.params is not None and spec.params_from is not None:
+        raise InvalidOption(
+            f"stage {position} ({spec.job}): give params or params_from, not both"
+        )
+    modules = fleet.settings.jobs_modules
+    if spec.params_from is not None and spec.params_from.rpartition(":")[0] not in modules:
+        known = ", ".join(modules) or "none: start it with --jobs-module or JOBFLEET_JOBS"
+        raise InvalidOption(
+            f"stage {position} ({spec.job}): params_from {spec.params_from!r} must be "
+            f"'module:function' in one of the server's jobs modules ({known})"
+        )
+    return Stage(
+        spec.job, params=spec.params if spec.params is not None else spec.params_from,
+        when=spec.when, parallelism=spec.parallelism, retries=spec.retries,
+        timeout=spec.timeout, tags=spec.tags,
+    )
 
 
 @router.post(
@@ -85,11 +114,15 @@ def orchestration_json(snap: OrchestrationSnapshot) -> dict[str, Any]:
 def kick_off(body: schemas.KickOff, request: Request, response: Response) -> dict[str, Any]:
     """Every parameter set is checked before anything runs; a refused one is named by
     its index and nothing is created. A `traceparent` header puts the kick-off (and so
-    its workers and event) in the caller's trace."""
+    its workers and event) in the caller's trace. `then` makes it a pipeline's first
+    stage; every stage is checked first too, and a refused one is named."""
+    fleet = fleet_of(request)
+    stages = [stage_of(fleet, n, spec) for n, spec in enumerate(body.then or [], start=2)]
     with tracing.continued(request.headers.get("traceparent")):
-        orchestration = fleet_of(request).kick_off(
+        orchestration = fleet.kick_off(
             body.job_name, body.params, parallelism=body.parallelism, tags=body.tags,
             retries=body.retries, timeout=body.timeout, webhooks=body.webhooks,
+            then=stages or None,
         )
     response.headers["Location"] = links(orchestration.id)["self"]
     return orchestration_json(orchestration.status())
@@ -121,11 +154,13 @@ def history(
 
 
 @router.get(
-    "/orchestrations/{orchestration_id}", response_model=schemas.Orchestration,
-    responses=ERRORS, summary="One orchestration's status and counts",
+    "/orchestrations/{orchestration_id}", response_model=schemas.OrchestrationDetail,
+    responses=ERRORS, summary="One orchestration's status, counts and links to others",
 )
 def orchestration(orchestration_id: str, request: Request) -> dict[str, Any]:
-    return orchestration_json(read_handle(request, orchestration_id).status())
+    """`links` also says where it sits in its pipeline and what re-runs it."""
+    snap = read_handle(request, orchestration_id).status()
+    return detail_json(fleet_of(request), snap)
 
 
 @router.get(
@@ -153,15 +188,28 @@ def jobs(
     "/orchestrations/{orchestration_id}/results", response_model=schemas.Results,
     responses=ERRORS, summary="Successes and failures, with their original params",
 )
-def results(orchestration_id: str, request: Request) -> dict[str, Any]:
+def results(
+    orchestration_id: str,
+    request: Request,
+    merged: Annotated[bool, Query(description="lay the re-runs' outcomes over the run's: "
+                                  "the last of each original index")] = False,
+) -> dict[str, Any]:
     """What has finished so far; `complete` says whether that is everything."""
-    snap, (successes, failures) = read_handle(request, orchestration_id).status_and_results()
+    handle = read_handle(request, orchestration_id)
+    runs = rerun_tree(fleet_of(request), orchestration_id) if merged else None
+    if runs is None:
+        snap, (successes, failures) = handle.status_and_results()
+        complete = snap.status.terminal
+    else:  # read after the runs' statuses, so that `complete` holds for them
+        snap, complete = runs[0], all(r.status.terminal for r in runs)
+        successes, failures = handle.merged_results()
     return {
         "orchestration_id": orchestration_id,
         "status": str(snap.status),
-        "complete": snap.status.terminal,
+        "complete": complete,
         "successes": [s.to_json() for s in successes],
         "failures": [f.to_json() for f in failures or []],
+        "runs": None if runs is None else [r.id for r in runs],
     }
 
 
@@ -217,6 +265,30 @@ def cancel(orchestration_id: str, request: Request) -> dict[str, Any]:
             f"orchestration {orchestration_id} already ended {snap.status}; nothing to cancel"
         )
     return orchestration_json(snap)
+
+
+@router.post(
+    "/orchestrations/{orchestration_id}/rerun", status_code=201,
+    response_model=schemas.OrchestrationDetail,
+    responses={**ERRORS, 409: {"model": schemas.ErrorBody, "description": "still running"}},
+    summary="Re-run the failed (or cancelled) instances of an ended orchestration",
+)
+def rerun(
+    orchestration_id: str, request: Request, response: Response,
+    body: schemas.Rerun | None = None,
+) -> dict[str, Any]:
+    """A new orchestration over exactly those instances, with their params and original
+    indexes, tagged `rerun_of`; 422 `nothing_to_rerun` when there is none."""
+    body = body or schemas.Rerun()
+    fleet = fleet_of(request)
+    handle = read_handle(request, orchestration_id)
+    snap = handle.status()
+    if not snap.status.terminal:
+        raise Conflict(f"orchestration {orchestration_id} is still running; wait for it or "
+                       "cancel it, then re-run what failed")
+    again = handle.rerun(list(dict.fromkeys(body.which)), parallelism=body.parallelism)
+    response.headers["Location"] = links(again.id)["self"]
+    return detail_json(fleet, again.status())
 
 
 @router.post(

@@ -3,16 +3,42 @@ document, and the core checks everything again (one rule, core/options.py)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobfleet.core.options import MAX_PARALLELISM, MAX_RETRIES, MAX_TIMEOUT
+from jobfleet.core.pipeline import MAX_STAGES, When
 from jobfleet.core.schedules import CatchUp, FireState, Overlap, Trigger
 from jobfleet.core.webhooks import MAX_WEBHOOKS
 
 # One request's worth: the SDK streams more than this from an iterator.
 MAX_PARAM_SETS = 100_000
+
+
+class NextStage(BaseModel):
+    """A pipeline stage to come; its params are fixed, or what a function of the
+    previous stage's results returns (a name the API process can import)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: str = Field(min_length=1, max_length=200, description="a registered job's name")
+    params: list[dict[str, Any]] | None = Field(
+        default=None, min_length=1, max_length=MAX_PARAM_SETS,
+        description="fixed parameter sets (or params_from)",
+    )
+    params_from: str | None = Field(
+        default=None, min_length=1, max_length=300, examples=["my_jobs:rows_of"],
+        description="'module:function' called with the previous stage's results when it "
+        "ends; returns the parameter sets (or params)",
+    )
+    when: When = Field(default=When.COMPLETED,
+                       description="completed: only after the previous stage Completed; "
+                       "always: after any end")
+    parallelism: int | None = Field(default=None, ge=1, le=MAX_PARALLELISM)
+    retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES)
+    timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT, description="seconds")
+    tags: dict[str, str] = Field(default_factory=dict)
 
 
 class KickOff(BaseModel):
@@ -31,6 +57,28 @@ class KickOff(BaseModel):
         default=None, max_length=MAX_WEBHOOKS,
         description="URLs that receive the signed completion event (default: the job's)",
     )
+    then: list[NextStage] | None = Field(
+        default=None, max_length=MAX_STAGES,
+        description="stages that follow, in order: this kick-off is the pipeline's first",
+    )
+
+
+RerunChoice = Literal["failed", "cancelled"]
+
+
+def _failed() -> list[RerunChoice]:
+    return ["failed"]
+
+
+class Rerun(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    which: list[RerunChoice] = Field(
+        default_factory=_failed, min_length=1, max_length=2,
+        description="the instances to run again: failed (Errored), cancelled, or both",
+    )
+    parallelism: int | None = Field(default=None, ge=1, le=MAX_PARALLELISM,
+                                    description="default: the run's, at most one per instance")
 
 
 class Links(BaseModel):
@@ -39,7 +87,30 @@ class Links(BaseModel):
     results: str
     events: str
     cancel: str
+    rerun: str
     dashboard: str
+
+
+class StageLink(BaseModel):
+    id: str
+    job_name: str
+    status: str
+    stage: int = Field(description="its position in the pipeline, from 1")
+    next_note: str | None = Field(description="why the stage after it did not start")
+
+
+class RunLinks(Links):
+    """The URLs, and how this run links to others (ids; null or empty when none)."""
+
+    parent: str | None = Field(description="the pipeline stage this one follows")
+    next: str | None = Field(description="the stage started after this one, once it is")
+    next_note: str | None = Field(description="why the next stage did not start")
+    pipeline: str | None = Field(description="the pipeline's first stage (null: no stage)")
+    stage: int | None = Field(description="this stage's position, from 1")
+    stages_total: int | None = Field(description="the stages if every one runs")
+    stages: list[StageLink] = Field(description="the stages started so far, in order")
+    rerun_of: str | None = Field(description="the run this one re-runs")
+    reruns: list[str] = Field(description="this run's re-runs, oldest first")
 
 
 class Orchestration(BaseModel):
@@ -56,6 +127,10 @@ class Orchestration(BaseModel):
     created_at: float
     finished_at: float | None
     links: Links
+
+
+class OrchestrationDetail(Orchestration):
+    links: RunLinks
 
 
 class OrchestrationPage(BaseModel):
@@ -108,6 +183,10 @@ class Results(BaseModel):
     complete: bool = Field(description="every instance has finished")
     successes: list[Success]
     failures: list[Failure]
+    runs: list[str] | None = Field(
+        default=None, description="with merged=true: the run and its re-runs, whose last "
+        "outcome of each index is given (null otherwise)",
+    )
 
 
 class LogLine(BaseModel):

@@ -16,10 +16,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from jobfleet.cli import pipelines as pipeline_commands
 from jobfleet.cli import render
 from jobfleet.cli import schedules as schedule_commands
 from jobfleet.cli import webhooks as webhook_commands
-from jobfleet.cli.arguments import EXIT_FAILED, EXIT_OK, EXIT_USAGE, parse_tags
+from jobfleet.cli.arguments import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_code, follow, parse_tags
 from jobfleet.cli.params_file import read_params
 from jobfleet.core.models import Status
 from jobfleet.core.registry import import_jobs
@@ -103,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
 
     schedule_commands.add_parsers(sub)
     webhook_commands.add_parsers(sub)
+    pipeline_commands.add_parsers(sub, run=run, results=results)
 
     dev = sub.add_parser("dev", help="the local Google Cloud stack (emulators and all)")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="up|down")
@@ -121,20 +123,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _exit_code(status: Status) -> int:
-    return EXIT_OK if status is Status.COMPLETED or status is Status.IN_PROGRESS else EXIT_FAILED
-
-
-def _follow(orchestration: Orchestration, quiet: bool) -> int:
-    if quiet:
-        snap = orchestration.wait()
-    else:
-        snap = render.progress(orchestration)
-    return _exit_code(snap.status)
-
-
 def cmd_run(fleet: JobFleet, args: argparse.Namespace) -> int:
     params = read_params(args.params)
+    if args.then:
+        return pipeline_commands.run_pipeline(fleet, args, params)
     orchestration = fleet.kick_off(
         args.job, params, parallelism=args.parallelism, tags=parse_tags(args.tag),
         retries=args.retries, timeout=args.timeout, webhooks=args.webhook,
@@ -145,7 +137,7 @@ def cmd_run(fleet: JobFleet, args: argparse.Namespace) -> int:
         return EXIT_OK
     if not args.json:
         print(f"orchestration {orchestration.id}: {args.job} x {len(params)}", file=sys.stderr)
-    code = _follow(orchestration, quiet=args.json)
+    code = follow(orchestration, quiet=args.json)
     render.snapshot(orchestration.status(), args.json)
     return code
 
@@ -173,6 +165,8 @@ def cmd_demo(fleet: JobFleet, args: argparse.Namespace) -> int:
 
 
 def cmd_results(fleet: JobFleet, args: argparse.Namespace) -> int:
+    if args.merged:
+        return pipeline_commands.merged_results(fleet, args)
     orchestration = fleet.orchestration(args.id)
     snap = orchestration.status()
     if not snap.status.terminal:
@@ -185,7 +179,7 @@ def cmd_results(fleet: JobFleet, args: argparse.Namespace) -> int:
         None if args.succeeded else failures,
         as_json=args.json,
     )
-    return _exit_code(snap.status)
+    return exit_code(snap.status)
 
 
 def cmd_events(fleet: JobFleet, args: argparse.Namespace) -> int:
@@ -264,6 +258,8 @@ def dispatch(fleet: JobFleet, args: argparse.Namespace) -> int:
         return schedule_commands.dispatch(fleet, args)
     if command in webhook_commands.COMMANDS:
         return webhook_commands.dispatch(fleet, args)
+    if command in pipeline_commands.COMMANDS:
+        return pipeline_commands.rerun(fleet, args)
     if command == "sweep":
         done = fleet.sweep()
         render.sweep(done, args.json)
@@ -274,24 +270,23 @@ def dispatch(fleet: JobFleet, args: argparse.Namespace) -> int:
         return EXIT_OK
     orchestration = fleet.orchestration(args.id)
     if command == "status":
-        snap = orchestration.status()
-    elif command == "watch":
-        return _follow(orchestration, quiet=False) if not args.json else _watch_json(orchestration)
-    else:
-        snap = orchestration.cancel()
-        if snap.status is not Status.CANCELLED:  # the API answers 409 for the same
-            print(f"jobfleet: orchestration {snap.id} already ended {snap.status}; "
-                  "nothing to cancel", file=sys.stderr)
-            return EXIT_FAILED
+        return pipeline_commands.status(fleet, orchestration.status(), args.json)
+    if command == "watch":
+        return follow(orchestration, quiet=False) if not args.json else _watch_json(orchestration)
+    snap = orchestration.cancel()
+    if snap.status is not Status.CANCELLED:  # the API answers 409 for the same
+        print(f"jobfleet: orchestration {snap.id} already ended {snap.status}; "
+              "nothing to cancel", file=sys.stderr)
+        return EXIT_FAILED
     render.snapshot(snap, args.json)
-    return _exit_code(snap.status) if command == "status" else EXIT_OK
+    return EXIT_OK
 
 
 def _watch_json(orchestration: Orchestration) -> int:
     snap = orchestration.status()
     for snap in orchestration.watch():
         print(json.dumps(snap.to_json()), flush=True)
-    return _exit_code(snap.status)
+    return exit_code(snap.status)
 
 
 def _quiet_on_closed_pipe(run: Callable[[Sequence[str] | None], int]) -> Callable[..., int]:

@@ -26,7 +26,7 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _line(s: OrchestrationSnapshot) -> str:
+def line(s: OrchestrationSnapshot) -> str:
     c = s.counts
     return (
         f"{s.id}  {s.job_name}  {s.status}  {c.done}/{c.total} done "
@@ -44,11 +44,11 @@ def progress(orchestration: Orchestration) -> OrchestrationSnapshot:
     for snap in orchestration.watch():
         # watch() yields the terminal state twice when the completion event goes out
         # after the last instance ends: the line is the same, so it is printed once.
-        line = _line(snap)
+        text = line(snap)
         due = snap.status.terminal or time.monotonic() - last >= PLAIN_EVERY_SECONDS
-        if due and line != printed:
-            print(line, file=sys.stderr, flush=True)
-            last, printed = time.monotonic(), line
+        if due and text != printed:
+            print(text, file=sys.stderr, flush=True)
+            last, printed = time.monotonic(), text
     return snap
 
 
@@ -69,7 +69,7 @@ def _bar(orchestration: Orchestration) -> OrchestrationSnapshot:
                 task, completed=c.done,
                 detail=f"ok {c.succeeded}  failed {c.failed}  running {c.in_progress}",
             )
-    print(_line(snap), file=sys.stderr)
+    print(line(snap), file=sys.stderr)
     return snap
 
 
@@ -95,7 +95,7 @@ def history(snaps: list[OrchestrationSnapshot], as_json: bool) -> None:
     if not snaps:
         print("no orchestrations yet: try `jobfleet demo`")
     for s in snaps:
-        print(f"{_when(s.created_at)}  {_line(s)}")
+        print(f"{_when(s.created_at)}  {line(s)}")
 
 
 def results(
