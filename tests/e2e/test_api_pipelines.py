@@ -98,11 +98,11 @@ def test_a_pipeline_that_stops_says_why_in_the_stage_where_it_stopped(
 
 @pytest.mark.parametrize(("then", "named"), [
     ([{"job": "transform", "params_from": "sample_jobs:rows_of"},
-      {"job": "nope", "params": [{}]}], "stage 3: unknown job 'nope'"),
+      {"job": "nope", "params": [{}]}], "stage 3 (nope): unknown job 'nope'"),
     ([{"job": "transform", "params": [{"row": 1}], "params_from": "sample_jobs:rows_of"}],
      "stage 2 (transform): give params or params_from, not both"),
     ([{"job": "transform", "params_from": "sample_jobs:no_such_function"}],
-     "stage 2: params function 'sample_jobs:no_such_function'"),
+     "stage 2 (transform): params function 'sample_jobs:no_such_function'"),
     ([{"job": "transform"}], "stage 2 (transform) needs params"),
     ([{"job": "transform", "params_from": "os:system"}],
      "stage 2 (transform): params_from 'os:system' must be 'module:function' in one of the "

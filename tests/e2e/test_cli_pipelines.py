@@ -105,9 +105,9 @@ GOOD = "transform from sample_jobs:rows_of"
                          f'is "{THEN}"'),
     (["transform from no/such/file.json"], "'no/such/file.json' is neither a params file nor"),
     ([f"{GOOD} sometimes"], "cannot read 'from sample_jobs:rows_of sometimes'"),
-    (["nope from sample_jobs:rows_of"], "stage 2: unknown job 'nope'"),
+    (["nope from sample_jobs:rows_of"], "stage 2 (nope): unknown job 'nope'"),
     ([GOOD, "load from sample_jobs:no_such_function"],
-     "stage 3: params function 'sample_jobs:no_such_function'"),
+     "stage 3 (load): params function 'sample_jobs:no_such_function'"),
     ([GOOD, "load from 'unclosed"], "--then \"load from 'unclosed\" (stage 3): No closing"),
 ])
 def test_a_bad_then_spec_exits_2_naming_it_and_creates_nothing(

@@ -76,13 +76,19 @@ def test_a_first_stage_that_fails_to_give_params_says_why(fleet: JobFleet) -> No
 
 
 def test_bad_stages_are_refused_before_anything_is_created(fleet: JobFleet) -> None:
-    with pytest.raises(InvalidOption, match="stage 2: unknown job 'nope'"):
+    with pytest.raises(InvalidOption, match=r"stage 2 \(nope\): unknown job 'nope'"):
         fleet.kick_off("extract", SOURCES, then=[Stage("nope", params=[{}])])
     with pytest.raises(InvalidOption, match=r"stage 2 .* needs params"):
         fleet.kick_off("extract", SOURCES, then=[Stage("load", params=[])])
     with pytest.raises(InvalidOption, match="declared at module level"):
         fleet.kick_off("extract", SOURCES,
                        then=[Stage("load", params=lambda r: [{"values": []}])])
+    with pytest.raises(InvalidOption, match=r"stage 2 \(greet\): parameter set 0"):
+        fleet.kick_off("extract", SOURCES, then=[Stage("greet", params=[{"name": 1}])])
+    with pytest.raises(InvalidOption, match=r"stage 2 \(load\): parallelism"):
+        fleet.kick_off("extract", SOURCES, then=[Stage("load", params=[{}], parallelism=0)])
+    with pytest.raises(InvalidOption, match=r"stage 2 \(load\): tag key 'goog'"):
+        fleet.kick_off("extract", SOURCES, then=[Stage("load", params=[{}], tags={"goog": "x"})])
     with pytest.raises(InvalidOption, match="when must be 'completed' or 'always'"):
         fleet.kick_off("extract", SOURCES, then=[Stage("load", params=[{}], when="never")])
     assert fleet.history() == []

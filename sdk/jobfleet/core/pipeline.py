@@ -9,19 +9,23 @@ The rules here are pure: what a stage is, when it runs, what its id is.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from jobfleet.core import params as param_sets
 from jobfleet.core.models import (
     Failure,
     JsonObject,
     OrchestrationSnapshot,
+    RunOptions,
     Status,
     Success,
 )
+from jobfleet.core.options import check_options
 from jobfleet.core.registry import declared_in, find_function, get_job
 from jobfleet.errors import InvalidOption, JobfleetError
 
@@ -73,11 +77,14 @@ class Stage:
         fixed: list[Any] | None = None
         function: str | None = None
         if isinstance(self.params, str):  # a function by name, from the CLI or the API
+            where, _, qualname = self.params.rpartition(":")
+            if where.endswith(".py"):  # found again from any working folder
+                where = os.path.abspath(where)
+            function = f"{where}:{qualname}"
             try:
-                find_function(self.params)
+                find_function(function)
             except LookupError as exc:
                 raise InvalidOption(f"params function {self.params!r}: {exc}") from None
-            function = self.params
             where = function.rpartition(":")[0]
             if where not in sources:
                 sources.append(where)
@@ -87,7 +94,13 @@ class Stage:
             if where and where not in sources:
                 sources.append(where)
         elif self.params is not None:
-            fixed = list(self.params)
+            fixed = [param_sets.check(definition, index, one)
+                     for index, one in enumerate(self.params)]
+        options = RunOptions(
+            retries=0 if self.retries is None else self.retries, backoff=definition.backoff,
+            timeout=self.timeout, parallelism=1 if self.parallelism is None else self.parallelism,
+        )
+        check_options(options, dict(self.tags))
         return {
             "job": self.job, "params": fixed, "params_from": function,
             "when": When(self.when).value, "parallelism": self.parallelism,
@@ -147,8 +160,8 @@ def check_stages(stages: list[Stage]) -> list[JsonObject]:
             )
         try:
             out.append(stage.to_json())
-        except JobfleetError as exc:
-            raise InvalidOption(f"stage {position}: {exc}") from None
+        except JobfleetError as exc:  # an unknown job, bad params or options
+            raise InvalidOption(f"stage {position} ({stage.job}): {exc}") from None
     return out
 
 
