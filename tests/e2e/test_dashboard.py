@@ -25,6 +25,9 @@ from playwright.sync_api import (
 )
 
 from conftest import Server, ServerFactory, eventually
+from jobfleet import JobFleet
+from jobfleet.webhooks import deliveries
+from webhook_support import SECRET, receiver
 
 pytestmark = pytest.mark.slow
 
@@ -501,4 +504,45 @@ def test_re_run_failed_starts_a_run_of_the_failures_and_links_both_ways(
     page.wait_for_url(f"**/orchestrations/{oid}")
     expect(by_id(page, "rerun-link")).to_have_count(1)
     expect(by_id(page, "rerun-link")).to_have_attribute("href", f"/orchestrations/{rid}")
+    assert tab.unexpected_errors() == []
+
+
+# -- webhooks ---------------------------------------------------------------------------
+
+
+def test_the_webhooks_section_shows_a_failed_attempt_then_the_delivery(
+    serve: ServerFactory, tab: Tab, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("JOBFLEET_WEBHOOK_SECRET", SECRET)  # the server inherits both
+    monkeypatch.setenv("JOBFLEET_WEBHOOK_ALLOW", "http,private")
+    server = serve()
+    with receiver([500, 200]) as hook:
+        oid = kick_off(server, "greet", [{"name": "a", "count": 1}], webhooks=[hook.url])
+        wait_until_ended(server, oid)
+        page = tab.page
+        page.goto(f"{server.url}/orchestrations/{oid}")
+        page.evaluate("window.sameDocument = true")
+
+        section = by_id(page, "webhooks")
+        expect(section).to_be_visible()
+        delivery = by_id(section, "webhook-delivery")
+        expect(delivery).to_have_count(1)
+        expect(by_id(delivery, "webhook-url")).to_have_text(hook.url)
+        expect(by_id(delivery, "webhook-state")).to_have_text("pending")
+        expect(by_id(delivery, "webhook-next-attempt")).to_be_visible()
+        expect(by_id(delivery, "webhook-attempt-outcome")).to_have_text(["HTTP 500"])
+        page.screenshot(path=str(tmp_path / "webhooks-pending.png"), full_page=True)
+
+        with JobFleet() as fleet:  # the same home: the sweep a day's clock would run
+            [pending] = deliveries(fleet, oid)
+            assert pending.next_attempt_at is not None
+            fleet.sweep(now=pending.next_attempt_at)
+        assert len(hook.received) == 2
+
+        # The page reads the deliveries again while one is pending: no reload.
+        expect(by_id(delivery, "webhook-state")).to_have_text("delivered", timeout=15_000)
+        expect(by_id(delivery, "webhook-attempt-outcome")).to_have_text(["HTTP 500", "HTTP 200"])
+        expect(by_id(delivery, "webhook-next-attempt")).to_have_count(0)
+        assert page.evaluate("window.sameDocument") is True
+        page.screenshot(path=str(tmp_path / "webhooks-delivered.png"), full_page=True)
     assert tab.unexpected_errors() == []

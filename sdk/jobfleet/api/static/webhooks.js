@@ -14,21 +14,26 @@
   const list = byTestId("webhook-deliveries");
   const note = byTestId("webhooks-note");
 
+  function duration(seconds) {
+    return seconds < 1 ? `${Math.round(seconds * 1000)} ms` : `${seconds.toFixed(1)} s`;
+  }
+
   function attemptItem(a) {
-    const outcome = a.status !== null && a.status >= 200 && a.status < 300
-      ? `HTTP ${a.status}` : a.error;
+    const ok = a.status !== null && a.status >= 200 && a.status < 300;
     return el("li", { "data-testid": "webhook-attempt" }, timeElement(a.at), " ",
-      el("span", { class: "outcome", text: outcome }), " ",
-      el("span", { class: "duration", text: `${a.duration.toFixed(2)} s` }));
+      el("span", { class: ok ? "outcome ok" : "outcome failed",
+        "data-testid": "webhook-attempt-outcome", text: ok ? `HTTP ${a.status}` : a.error }),
+      " ", el("span", { class: "duration", text: `in ${duration(a.duration)}` }));
   }
 
   function deliveryItem(d) {
     const item = el("li", { "data-testid": "webhook-delivery", "data-state": d.state },
       el("code", { "data-testid": "webhook-url", text: d.url }), " ",
-      el("span", { class: `webhook-state webhook-${d.state}`, "data-testid": "webhook-state",
+      el("span", { class: `status webhook-${d.state}`, "data-testid": "webhook-state",
         text: d.state }));
     if (d.next_attempt_at !== null) {
-      item.append(" · next attempt ", timeElement(d.next_attempt_at));
+      item.append(el("span", { class: "next", "data-testid": "webhook-next-attempt" },
+        " · next attempt ", timeElement(d.next_attempt_at)));
     }
     item.append(el("ol", { class: "attempts" }, ...d.attempts.map(attemptItem)));
     return item;
