@@ -3,6 +3,7 @@ claim a fire."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -18,8 +19,10 @@ from jobfleet.core.schedules import (
     FireState,
     Trigger,
     build,
+    claimed_fire,
     due_fires,
     may_claim,
+    may_finish,
 )
 from jobfleet.errors import InvalidSchedule
 
@@ -132,6 +135,18 @@ def fire(state: FireState, hold_until: float = 0.0) -> Fire:
 )
 def test_who_may_claim_a_fire(existing: Fire | None, claimable: bool) -> None:
     assert may_claim(existing, now=T0) is claimable
+
+
+def test_a_reclaim_takes_the_next_attempt_and_only_its_holder_records() -> None:
+    first = claimed_fire(fire(FireState.FIRING), None)
+    assert (first.state, first.attempt) == (FireState.FIRING, 1)
+    lapsed = fire(FireState.FIRING, hold_until=T0 - 10)
+    second = claimed_fire(fire(FireState.FIRING), lapsed)
+    assert second.attempt == 2
+    assert may_finish(second, replace(second, state=FireState.STARTED))
+    assert not may_finish(second, replace(lapsed, state=FireState.STARTED))  # replaced
+    assert not may_finish(replace(second, state=FireState.STARTED), second)  # recorded
+    assert not may_finish(None, second)
 
 
 def test_same_definition_ignores_times_and_pausing() -> None:

@@ -162,6 +162,21 @@ def may_claim(existing: Fire | None, now: float) -> bool:
     return existing.state is FireState.FIRING and existing.hold_until <= now
 
 
+def claimed_fire(fire: Fire, existing: Fire | None) -> Fire:
+    """The fire as a claim that `may_claim` allowed writes it: firing, one attempt
+    past the one before."""
+    return replace(fire, state=FireState.FIRING,
+                   attempt=1 if existing is None else existing.attempt + 1)
+
+
+def may_finish(existing: Fire | None, fire: Fire) -> bool:
+    """Whether `fire`'s outcome may be recorded: only while the fire is still held by
+    the claim of `fire.attempt` (a claimant replaced after its hold lapsed records
+    nothing)."""
+    return (existing is not None and existing.state is FireState.FIRING
+            and existing.attempt == fire.attempt)
+
+
 # Parameter sets computed at fire time, by name.
 ParamsProvider = Callable[[], Iterable[Any]]
 _PROVIDERS: dict[str, ParamsProvider] = {}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import replace
 from typing import Any
 
 from google.api_core import exceptions
@@ -27,7 +26,7 @@ from google.cloud import firestore
 from jobfleet.backends.gcp.firestore_documents import Snapshot
 from jobfleet.backends.gcp.firestore_worker import CONFLICT_ATTEMPTS, pause_after_race
 from jobfleet.core.models import JsonObject
-from jobfleet.core.schedules import Fire, FireState, Schedule, may_claim
+from jobfleet.core.schedules import Fire, Schedule, claimed_fire, may_claim, may_finish
 from jobfleet.errors import InvalidSchedule, JobfleetError, ScheduleExists, UnknownSchedule
 
 SCHEDULES = "jobfleet_schedules"
@@ -125,10 +124,7 @@ class FirestoreSchedules:
             if not may_claim(existing, now):
                 assert existing is not None
                 return False, existing
-            claimed = replace(
-                fire, state=FireState.FIRING,
-                attempt=1 if existing is None else existing.attempt + 1,
-            )
+            claimed = claimed_fire(fire, existing)
             data = {**claimed.to_json(), "claimant": token}
             try:
                 if existing is None:
@@ -154,8 +150,7 @@ class FirestoreSchedules:
             existing = fire_from(doc)
             if raced and existing == fire:
                 return True
-            if existing is None or existing.state is not FireState.FIRING \
-                    or existing.attempt != fire.attempt:
+            if not may_finish(existing, fire):
                 return False
             try:
                 ref.update(fire.to_json(), option=self._unchanged(doc))

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import replace
 from pathlib import Path
 
 from jobfleet.backends.local.connections import SqliteConnections
-from jobfleet.core.schedules import Fire, FireState, Schedule, may_claim
+from jobfleet.core.schedules import Fire, Schedule, claimed_fire, may_claim, may_finish
 from jobfleet.errors import ScheduleExists, UnknownSchedule
 
 
@@ -71,10 +70,7 @@ class SqliteSchedules(SqliteConnections):
             if not may_claim(existing, now):
                 assert existing is not None
                 return False, existing
-            claimed = replace(
-                fire, state=FireState.FIRING,
-                attempt=1 if existing is None else existing.attempt + 1,
-            )
+            claimed = claimed_fire(fire, existing)
             db.execute(
                 "INSERT OR REPLACE INTO fires (schedule, scheduled_at, data) VALUES (?, ?, ?)",
                 (fire.schedule, fire.scheduled_at, json.dumps(claimed.to_json())),
@@ -84,8 +80,7 @@ class SqliteSchedules(SqliteConnections):
     def finish_fire(self, fire: Fire) -> bool:
         with self._write() as db:
             existing = self._fire(db, fire.schedule, fire.scheduled_at)
-            if existing is None or existing.state is not FireState.FIRING \
-                    or existing.attempt != fire.attempt:
+            if not may_finish(existing, fire):
                 return False
             db.execute(
                 "UPDATE fires SET data = ? WHERE schedule = ? AND scheduled_at = ?",
