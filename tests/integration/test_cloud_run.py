@@ -39,7 +39,8 @@ from jobfleet.core.models import (
     Status,
     Success,
 )
-from jobfleet.dev.cloud_run import CloudRunStandIn, Json, Reply
+from jobfleet.dev.cloud_run import CloudRunStandIn
+from jobfleet.dev.rest_standin import Json, Reply
 from jobfleet.errors import ConfigurationError
 from pubsub_raw import RawSubscription
 

@@ -17,44 +17,24 @@ that a caller can die while its RunJob is in flight.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import signal
 import sys
-import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
 from jobfleet.backends.local.tasks import TaskSet
+from jobfleet.dev.rest_standin import ApiError, Json, Reply, RestStandIn, serve_until_signalled
 
 WORKER_COMMAND = (sys.executable, "-m", "jobfleet", "worker")
 DEFAULT_MAX_RETRIES = 3  # Cloud Run's default
 TICK_SECONDS = 0.05
 EXECUTION_TYPE = "type.googleapis.com/google.cloud.run.v2.Execution"
-
-# google.rpc.Code names as the JSON error body carries them.
-STATUS_NAMES = {
-    400: "INVALID_ARGUMENT",
-    404: "NOT_FOUND",
-    409: "ALREADY_EXISTS",
-    429: "RESOURCE_EXHAUSTED",
-    500: "INTERNAL",
-    502: "UNAVAILABLE",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
-
-Json = dict[str, Any]
-Reply = tuple[int, Json]
 
 _JOB = r"/v2/projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)/jobs/(?P<job>[^/:]+)"
 ROUTES: list[tuple[str, str, re.Pattern[str]]] = [
@@ -66,18 +46,6 @@ ROUTES: list[tuple[str, str, re.Pattern[str]]] = [
         r"/operations/(?P<operation>[^/:]+)"
     )),
 ]
-
-
-class ApiError(Exception):
-    """Answered as Google's JSON error body: {"error": {"code", "message", "status"}}."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-    def reply(self) -> Reply:
-        status = STATUS_NAMES.get(self.code, "UNKNOWN")
-        return self.code, {"error": {"code": self.code, "message": str(self), "status": status}}
 
 
 def _timestamp(at: float | None) -> str | None:
@@ -178,13 +146,16 @@ def _without_nulls(data: Json) -> Json:
     }
 
 
-class CloudRunStandIn:
+class CloudRunStandIn(RestStandIn):
     """The Admin API of one Cloud Run job, served on 127.0.0.1 from a background thread.
 
     `run_tasks=False` records executions without starting processes (each counts
     as succeeded at once): for tests about the shape of RunJob calls, such as a
     25,000-task orchestration split over three executions.
     """
+
+    name = "cloud-run-standin"
+    tick = TICK_SECONDS
 
     def __init__(
         self,
@@ -200,6 +171,7 @@ class CloudRunStandIn:
         run_tasks: bool = True,
         task_timeout: float | None = None,
     ) -> None:
+        super().__init__(port)
         self.project, self.region, self.job = project, region, job
         self.parallelism = parallelism  # 0: every task at once, as Cloud Run's default
         self.max_retries = max_retries
@@ -207,62 +179,19 @@ class CloudRunStandIn:
         self.command = tuple(command)
         self.run_tasks = run_tasks
         self.task_timeout = task_timeout  # the job's task timeout (Cloud Run: 10 min)
-        self._port = port
-        self._lock = threading.Lock()
-        self._calls: Counter[str] = Counter()
         self._failures: list[int] = []  # HTTP statuses for the next RunJob calls
         self._delays: list[float] = []  # seconds the next RunJob calls wait before acting
         self._executions: dict[str, Execution] = {}
         self._operations: dict[str, str] = {}  # operation name -> execution name
-        self._stopped = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._threads: list[threading.Thread] = []
-
-    # -- lifecycle --------------------------------------------------------------
-
-    def start(self) -> CloudRunStandIn:
-        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), _handler_for(self))
-        self._server.daemon_threads = True
-        self._threads = [
-            threading.Thread(target=self._server.serve_forever, args=(TICK_SECONDS,),
-                             name="cloud-run-standin", daemon=True),
-            threading.Thread(target=self._drive, name="cloud-run-standin-tasks", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
-        return self
 
     def stop(self) -> None:
         """Stop serving and kill every task still running: nothing outlives the stand-in."""
-        self._stopped.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        for thread in self._threads:
-            thread.join()
+        super().stop()
         with self._lock:
             for execution in self._executions.values():
                 execution.cancel()
 
-    def __enter__(self) -> CloudRunStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the stand-in is not started")
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
     # -- what tests look at and steer ---------------------------------------------
-
-    @property
-    def calls(self) -> dict[str, int]:
-        """Calls received per method, failed ones included."""
-        with self._lock:
-            return dict(self._calls)
 
     @property
     def executions(self) -> list[Execution]:
@@ -392,7 +321,7 @@ class CloudRunStandIn:
             operation["response"] = resource
         return operation
 
-    def _drive(self) -> None:
+    def drive(self) -> None:
         while not self._stopped.wait(TICK_SECONDS):
             with self._lock:
                 for execution in self._executions.values():
@@ -402,36 +331,6 @@ class CloudRunStandIn:
 def _field(data: Json, camel: str, snake: str) -> Any:
     """Proto3 JSON accepts both spellings of a field name."""
     return data.get(camel, data.get(snake))
-
-
-def _handler_for(standin: CloudRunStandIn) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self._answer("GET")
-
-        def do_POST(self) -> None:
-            self._answer("POST")
-
-        def _answer(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            try:
-                body = json.loads(raw) if raw.strip() else {}
-            except ValueError:
-                status, reply = ApiError(400, "the request body is not JSON").reply()
-            else:
-                status, reply = standin.handle(method, self.path, body)
-            data = json.dumps(reply).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # the call counts say what was called; keep test output clean
-
-    return Handler
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -463,18 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_retries=args.max_retries, env=dict(args.env), port=args.port,
         task_timeout=args.task_timeout,
     ).start()
-    done = threading.Event()
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        done.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    print(f"JOBFLEET_CLOUD_RUN_ENDPOINT={standin.url}", flush=True)
-    done.wait()
-    standin.stop()
-    return 0
-
+    return serve_until_signalled(standin, [f"JOBFLEET_CLOUD_RUN_ENDPOINT={standin.url}"])
 
 if __name__ == "__main__":
     sys.exit(main())

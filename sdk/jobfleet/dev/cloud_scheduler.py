@@ -22,23 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import sys
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from jobfleet.core.cron import Cron
-from jobfleet.dev.cloud_run import ApiError, Json, Reply
 from jobfleet.dev.http_targets import backoff, deliver, seconds
 from jobfleet.dev.id_tokens import (
     SigningKey,
@@ -47,20 +40,12 @@ from jobfleet.dev.id_tokens import (
     service_account_claims,
     sign,
 )
-from jobfleet.errors import InvalidSchedule
+from jobfleet.dev.rest_standin import ApiError, Json, Reply, RestStandIn, serve_until_signalled
+from jobfleet.dev.scheduler_jobs import UPDATABLE, SchedulerJob, camel, camel_name, checked
 
 TICK_SECONDS = 0.02
 CERTS_PATH = "/oauth2/v1/certs"
-HTTP_METHODS = ["HTTP_METHOD_UNSPECIFIED", "POST", "GET", "HEAD", "PUT", "DELETE", "PATCH",
-                "OPTIONS"]
-STATES = ["STATE_UNSPECIFIED", "ENABLED", "PAUSED", "DISABLED", "UPDATE_FAILED"]
-# Cloud Scheduler's defaults for a job that sets no retryConfig or attemptDeadline.
-DEFAULT_RETRY = {"retryCount": 0, "maxRetryDuration": "0s", "minBackoffDuration": "5s",
-                 "maxBackoffDuration": "3600s", "maxDoublings": 5}
-DEFAULT_DEADLINE = "180s"
 MAX_PAGE_SIZE = 500
-UPDATABLE = ("description", "schedule", "timeZone", "httpTarget", "retryConfig",
-             "attemptDeadline")
 _LOCATION = r"/v1/projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)"
 _JOB = _LOCATION + r"/jobs/(?P<job>[^/:]+)"
 ROUTES: list[tuple[str, str, re.Pattern[str]]] = [
@@ -73,48 +58,6 @@ ROUTES: list[tuple[str, str, re.Pattern[str]]] = [
     ("POST", "ResumeJob", re.compile(_JOB + r":resume")),
     ("POST", "RunJob", re.compile(_JOB + r":run")),
 ]
-
-
-@dataclass
-class SchedulerJob:
-    """One job: its resource as the caller set it (camelCase), and what the stand-in
-    keeps of its runs. Times are the stand-in's clock's, but for `last_attempt_time`."""
-
-    resource: Json
-    state: str = "ENABLED"
-    user_update_time: float = field(default_factory=time.time)
-    next_at: float | None = None  # the scheduled time of the next execution
-    busy: bool = False  # a scheduled execution is being attempted or awaits a retry
-    last_attempt_time: float | None = None
-    status: Json | None = None  # google.rpc.Status of the last attempt
-
-    @property
-    def job_id(self) -> str:
-        return str(self.resource["name"]).rsplit("/", 1)[-1]
-
-    @property
-    def cron(self) -> Cron:
-        return Cron(self.resource["schedule"], self.resource.get("timeZone") or "UTC")
-
-    def to_json(self, numeric_enums: bool) -> Json:
-        def enum(names: list[str], value: str) -> str | int:
-            return names.index(value) if numeric_enums else value
-
-        target = dict(self.resource["httpTarget"])
-        target["httpMethod"] = enum(HTTP_METHODS, target.get("httpMethod") or "POST")
-        body: Json = {
-            **{k: v for k, v in self.resource.items() if k != "httpTarget"},
-            "httpTarget": target,
-            "userUpdateTime": _timestamp(self.user_update_time),
-            "state": enum(STATES, self.state),
-        }
-        if self.status is not None:
-            body["status"] = self.status
-        if self.next_at is not None and self.state == "ENABLED":
-            body["scheduleTime"] = _timestamp(self.next_at)
-        if self.last_attempt_time is not None:
-            body["lastAttemptTime"] = _timestamp(self.last_attempt_time)
-        return body
 
 
 @dataclass(frozen=True)
@@ -145,9 +88,12 @@ class Clock:
         return seconds / self.speed
 
 
-class CloudSchedulerStandIn:
+class CloudSchedulerStandIn(RestStandIn):
     """The Cloud Scheduler API of one location, served on 127.0.0.1 from background
     threads; also the signing certificates of the ID tokens it sends."""
+
+    name = "cloud-scheduler-standin"
+    tick = TICK_SECONDS
 
     def __init__(
         self,
@@ -158,56 +104,15 @@ class CloudSchedulerStandIn:
         state_file: Path | None = None,
         clock_speed: float = 1.0,
     ) -> None:
+        super().__init__(port)
         self.project, self.region = project, region
         self.clock = Clock(clock_speed)
         self.state_file = state_file
-        self._port = port
-        self._lock = threading.Lock()
-        self._calls: Counter[str] = Counter()
         self._jobs: dict[str, SchedulerJob] = {}  # by full name
         self._attempts: list[Attempt] = []
-        self._stopped = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._threads: list[threading.Thread] = []
         self.kid, self.key = self._load() or (
             uuid.uuid4().hex[:16], make_key("cloud-scheduler-standin.local", days=365)
         )
-
-    # -- lifecycle --------------------------------------------------------------
-
-    def start(self) -> CloudSchedulerStandIn:
-        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), _handler_for(self))
-        self._server.daemon_threads = True
-        self._threads = [
-            threading.Thread(target=self._server.serve_forever, args=(TICK_SECONDS,),
-                             name="cloud-scheduler-standin", daemon=True),
-            threading.Thread(target=self._drive, name="cloud-scheduler-standin-timer",
-                             daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and firing; an attempt in flight ends with its HTTP request."""
-        self._stopped.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        for thread in self._threads:
-            thread.join()
-
-    def __enter__(self) -> CloudSchedulerStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the stand-in is not started")
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     @property
     def certs_url(self) -> str:
@@ -215,11 +120,6 @@ class CloudSchedulerStandIn:
         return f"{self.url}{CERTS_PATH}"
 
     # -- what tests look at -------------------------------------------------------
-
-    @property
-    def calls(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._calls)
 
     def attempts(self, job_id: str | None = None) -> list[Attempt]:
         with self._lock:
@@ -235,6 +135,9 @@ class CloudSchedulerStandIn:
         return sign(self.key, self.kid, service_account_claims(email, audience))
 
     # -- the API ------------------------------------------------------------------
+
+    def headers(self, path: str) -> dict[str, str]:
+        return {"Cache-Control": "public, max-age=300"} if path == CERTS_PATH else {}
 
     def handle(self, method: str, path: str, body: Json) -> Reply:
         parts = urlsplit(path)
@@ -268,14 +171,14 @@ class CloudSchedulerStandIn:
                                 f"{where['region']} is not served here (this stand-in serves"
                                 f" projects/{self.project}/locations/{self.region})")
         if method == "CreateJob":
-            return self._create(_camel(body)).to_json(numeric)
+            return self._create(camel(body)).to_json(numeric)
         if method == "ListJobs":
             return self._list(query, numeric)
         job = self._find(where["job"])
         if method == "GetJob":
             return job.to_json(numeric)
         if method == "UpdateJob":
-            return self._update(job, _camel(body), query).to_json(numeric)
+            return self._update(job, camel(body), query).to_json(numeric)
         if method == "DeleteJob":
             del self._jobs[job.resource["name"]]
             self._save()
@@ -306,7 +209,7 @@ class CloudSchedulerStandIn:
                                 " JOB_ID of letters, digits, hyphens or underscores")
         if name in self._jobs:
             raise ApiError(409, f"Job {name} already exists.")
-        job = SchedulerJob(resource=_checked({**resource, "name": name}))
+        job = SchedulerJob(resource=checked({**resource, "name": name}))
         job.next_at = self._next_time(job, self.clock.now())
         self._jobs[name] = job
         self._save()
@@ -315,7 +218,7 @@ class CloudSchedulerStandIn:
     def _update(self, job: SchedulerJob, resource: Json, query: dict[str, list[str]]) -> (
         SchedulerJob
     ):
-        mask = [_camel_name(p) for p in ",".join(query.get("updateMask", [])).split(",") if p]
+        mask = [camel_name(p) for p in ",".join(query.get("updateMask", [])).split(",") if p]
         for path in mask:
             if path not in UPDATABLE:
                 raise ApiError(400, f"updateMask path {path!r} cannot be updated")
@@ -326,7 +229,7 @@ class CloudSchedulerStandIn:
                 updated[name] = resource[name]
             else:
                 updated.pop(name, None)
-        job.resource = _checked(updated)
+        job.resource = checked(updated)
         job.user_update_time = time.time()
         job.next_at = self._next_time(job, self.clock.now())
         self._save()
@@ -348,7 +251,7 @@ class CloudSchedulerStandIn:
     def _next_time(self, job: SchedulerJob, after: float) -> float | None:
         return next(iter(job.cron.times(after)), None)
 
-    def _drive(self) -> None:
+    def drive(self) -> None:
         while not self._stopped.wait(TICK_SECONDS):
             now = self.clock.now()
             with self._lock:
@@ -431,91 +334,6 @@ class CloudSchedulerStandIn:
         return data["kid"], SigningKey(data["privateKey"].encode(), data["certificate"])
 
 
-def _checked(resource: Json) -> Json:
-    """The resource with Cloud Scheduler's defaults, or INVALID_ARGUMENT as it would."""
-    if any(k in resource for k in ("pubsubTarget", "appEngineHttpTarget")):
-        raise ApiError(400, "this stand-in fires HTTP targets only")
-    target = resource.get("httpTarget")
-    if not isinstance(target, dict) or not str(target.get("uri") or "").startswith(
-            ("http://", "https://")):
-        raise ApiError(400, "httpTarget.uri must be an http:// or https:// URL")
-    method = target.get("httpMethod") or "POST"
-    if isinstance(method, int):
-        method = HTTP_METHODS[method] if 0 <= method < len(HTTP_METHODS) else "?"
-    if method not in HTTP_METHODS[1:]:
-        method = "POST" if method == HTTP_METHODS[0] else None
-        if method is None:
-            raise ApiError(400, "httpTarget.httpMethod is not an HTTP method")
-    try:
-        Cron(str(resource.get("schedule") or ""), resource.get("timeZone") or "UTC")
-    except InvalidSchedule as exc:
-        raise ApiError(400, f"Schedule or time zone is invalid: {exc}") from None
-    retry = {**DEFAULT_RETRY, **(resource.get("retryConfig") or {})}
-    if not 0 <= int(retry["retryCount"]) <= 5:
-        raise ApiError(400, "retryConfig.retryCount must be between 0 and 5")
-    deadline = resource.get("attemptDeadline") or DEFAULT_DEADLINE
-    if not 15 <= seconds(deadline) <= 1800:
-        raise ApiError(400, "attemptDeadline must be between 15s and 30m for HTTP targets")
-    return {**resource, "httpTarget": {**target, "httpMethod": method}, "retryConfig": retry,
-            "attemptDeadline": deadline}
-
-
-def _timestamp(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _camel_name(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
-def _camel(data: Json) -> Json:
-    """Proto3 JSON accepts snake_case field names too; the stand-in keeps camelCase.
-    `headers` is a map, whose keys are data."""
-    return {
-        _camel_name(k): (_camel(v) if isinstance(v, dict) and k != "headers" else v)
-        for k, v in data.items()
-    }
-
-
-def _handler_for(standin: CloudSchedulerStandIn) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self._answer("GET")
-
-        def do_POST(self) -> None:
-            self._answer("POST")
-
-        def do_PATCH(self) -> None:
-            self._answer("PATCH")
-
-        def do_DELETE(self) -> None:
-            self._answer("DELETE")
-
-        def _answer(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            try:
-                body = json.loads(raw) if raw.strip() else {}
-            except ValueError:
-                status, reply = ApiError(400, "the request body is not JSON").reply()
-            else:
-                status, reply = standin.handle(method, self.path, body)
-            data = json.dumps(reply).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
-            if self.path == CERTS_PATH:
-                self.send_header("Cache-Control", "public, max-age=300")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    return Handler
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jobfleet.dev.cloud_scheduler",
@@ -533,19 +351,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         project=args.project, region=args.region, port=args.port, state_file=args.state,
         clock_speed=args.clock_speed,
     ).start()
-    done = threading.Event()
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        done.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    print(f"JOBFLEET_CLOUD_SCHEDULER_ENDPOINT={standin.url}", flush=True)
-    print(f"JOBFLEET_API_CERTS_URL={standin.certs_url}", flush=True)
-    done.wait()
-    standin.stop()
-    return 0
-
+    return serve_until_signalled(standin, [
+        f"JOBFLEET_CLOUD_SCHEDULER_ENDPOINT={standin.url}",
+        f"JOBFLEET_API_CERTS_URL={standin.certs_url}",
+    ])
 
 if __name__ == "__main__":
     sys.exit(main())
