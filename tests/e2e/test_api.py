@@ -333,13 +333,8 @@ def test_without_a_token_the_server_refuses_to_listen_beyond_loopback(home: Any)
 def test_google_id_tokens_are_checked_for_audience_expiry_and_principal(
     serve: ServerFactory,
 ) -> None:
-    from integration.test_google_id_tokens import (
-        ALLOWED,
-        AUDIENCE,
-        KID,
-        CertsServer,
-        mint,
-    )
+    from id_token_support import KID, CertsServer
+    from integration.test_google_id_tokens import ALLOWED, AUDIENCE, mint
     from jobfleet.dev.id_tokens import make_key
 
     key = make_key("securetoken.test")

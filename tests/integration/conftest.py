@@ -1,5 +1,6 @@
-"""Store fixtures: one parametrised `store` over every Store adapter; and the Cloud
-Scheduler stand-in, on a fast clock.
+"""Store fixtures: one parametrised `store` over every Store adapter; the Cloud
+Scheduler stand-in, on a fast clock; and keys that sign ID tokens, with the stand-in
+that serves Google's certificates of them.
 
 Each entry in STORE_BACKENDS is a factory that opens connections to one fresh, shared
 state: a SQLite file in the test's folder, or a Firestore emulator project of its own.
@@ -9,15 +10,18 @@ state: a SQLite file in the test's folder, or a Firestore emulator project of it
 from __future__ import annotations
 
 import contextlib
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from id_token_support import KID, CertsServer
 from jobfleet.backends.local.store import SqliteStore
 from jobfleet.core.ports import Store
 from jobfleet.dev.cloud_scheduler import CloudSchedulerStandIn
+from jobfleet.dev.id_tokens import SigningKey, make_key
 
 SCHEDULER_PROJECT, SCHEDULER_REGION = "jobfleet-test", "europe-west1"
 # One scheduler minute per wall-clock second: `* * * * *` fires every second.
@@ -90,3 +94,28 @@ def cloud_scheduler(monkeypatch: pytest.MonkeyPatch) -> Iterator[CloudSchedulerS
         project=SCHEDULER_PROJECT, region=SCHEDULER_REGION, clock_speed=SCHEDULER_CLOCK_SPEED
     ) as standin:
         yield standin
+
+
+@pytest.fixture(scope="module")
+def google_key() -> SigningKey:
+    return make_key("securetoken.test")
+
+
+@pytest.fixture(scope="module")
+def rogue_key() -> SigningKey:
+    return make_key("attacker.test")
+
+
+@pytest.fixture
+def certs_server(google_key: SigningKey, monkeypatch: pytest.MonkeyPatch) -> Iterator[CertsServer]:
+    """`google_key`'s certificate, served as Google serves its own (under `KID`)."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    server = CertsServer({KID: google_key.certificate_pem})
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -4,16 +4,14 @@ with their private key, exactly as it does against Google."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import traceback
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
+from id_token_support import KID, CertsServer
 from jobfleet.api.auth import (
     AuthError,
     AuthUnavailable,
@@ -23,72 +21,10 @@ from jobfleet.api.auth import (
     Unauthenticated,
     authenticator_from_env,
 )
-from jobfleet.dev.id_tokens import SigningKey, make_key, service_account_claims, sign
+from jobfleet.dev.id_tokens import SigningKey, service_account_claims, sign
 
 AUDIENCE = "https://jobfleet-api-abc123-uc.a.run.app"
 ALLOWED = "ci@proj.iam.gserviceaccount.com"
-KID = "2f8b0c1e"
-
-
-@pytest.fixture(scope="module")
-def google_key() -> SigningKey:
-    return make_key("securetoken.test")
-
-
-@pytest.fixture(scope="module")
-def rogue_key() -> SigningKey:
-    return make_key("attacker.test")
-
-
-class CertsServer(ThreadingHTTPServer):
-    """Serves `{kid: PEM certificate}` with Google's caching headers, counting fetches."""
-
-    def __init__(self, certs: dict[str, str]) -> None:
-        super().__init__(("127.0.0.1", 0), CertsHandler)
-        self.certs = certs
-        self.status = 200
-        self.cache_control = "public, max-age=20105, must-revalidate, no-transform"
-        self.age: str | None = None
-        self.fetches = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/oauth2/v1/certs"
-
-
-class CertsHandler(BaseHTTPRequestHandler):
-    server: CertsServer
-
-    def do_GET(self) -> None:
-        self.server.fetches += 1
-        body = json.dumps(self.server.certs).encode()
-        self.send_response(self.server.status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Cache-Control", self.server.cache_control)
-        if self.server.age is not None:
-            self.send_header("Age", self.server.age)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Keep test output quiet."""
-
-
-@pytest.fixture
-def certs_server(google_key: SigningKey, monkeypatch: pytest.MonkeyPatch) -> Iterator[CertsServer]:
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    server = CertsServer({KID: google_key.certificate_pem})
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
 @pytest.fixture
 def google(certs_server: CertsServer) -> GoogleIdTokens:
     return GoogleIdTokens(AUDIENCE, [ALLOWED, "ann@example.com"], certs_url=certs_server.url)

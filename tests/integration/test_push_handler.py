@@ -1,6 +1,6 @@
 """The Pub/Sub push handler served by uvicorn over a socket, as a next-stage service runs it:
 tokens signed by a local key whose certificate is served in Google's format (as in
-test_google_id_tokens), envelopes shaped as Pub/Sub pushes them."""
+tests/id_token_support.py), envelopes shaped as Pub/Sub pushes them."""
 
 from __future__ import annotations
 
@@ -16,37 +16,15 @@ import pytest
 import uvicorn
 
 from conftest import eventually
-from integration.test_google_id_tokens import KID, CertsServer
+from id_token_support import KID, CertsServer
 from jobfleet import JobCompletedEvent, Status
 from jobfleet.api.push import PushHandler
 from jobfleet.dev.emulators import free_port
-from jobfleet.dev.id_tokens import SigningKey, make_key, service_account_claims, sign
+from jobfleet.dev.id_tokens import SigningKey, service_account_claims, sign
 from jobfleet.subscriptions import push_handler
 
 ENDPOINT_PATH = "/pubsub/push"
 PUSHER = "pubsub-push@proj.iam.gserviceaccount.com"
-
-
-@pytest.fixture(scope="module")
-def google_key() -> SigningKey:
-    return make_key("securetoken.test")
-
-
-@pytest.fixture(scope="module")
-def rogue_key() -> SigningKey:
-    return make_key("attacker.test")
-
-
-@pytest.fixture
-def certs(google_key: SigningKey, monkeypatch: pytest.MonkeyPatch) -> Iterator[CertsServer]:
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    server = CertsServer({KID: google_key.certificate_pem})
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
 
 
 @dataclass
@@ -61,7 +39,7 @@ class Service:
 
 
 @pytest.fixture
-def service(certs: CertsServer) -> Iterator[Service]:
+def service(certs_server: CertsServer) -> Iterator[Service]:
     from starlette.applications import Starlette
     from starlette.routing import Route
 
@@ -75,7 +53,8 @@ def service(certs: CertsServer) -> Iterator[Service]:
             raise fail_next.pop()
         received.append(event)
 
-    handler = push_handler(load, audience=url, service_accounts=[PUSHER], certs_url=certs.url)
+    handler = push_handler(load, audience=url, service_accounts=[PUSHER],
+                           certs_url=certs_server.url)
     app = Starlette(routes=[Route(ENDPOINT_PATH, handler, methods=["POST"])])
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
