@@ -2,7 +2,9 @@
 
 A worker runs its share (shard) of an orchestration's instances: it claims ready
 instances in small batches, runs each attempt with a timeout, records the
-outcomes, and settles the orchestration after each batch. A failing instance is
+outcomes, and settles the orchestration after each batch (locally). On Google Cloud
+its commits of outcomes are spaced by at least `commit_spacing` (a second): each
+writes its shard's counter document and invokes the completion function. A failing instance is
 recorded (and retried after a backoff), never crashed on; a heartbeat thread
 keeps the leases of what it holds alive so that a lost worker is noticed.
 """
@@ -166,11 +168,14 @@ class Worker:
         *,
         lease: float = DEFAULT_LEASE_SECONDS,
         settles: bool = True,
+        commit_spacing: float = 0.0,
         output: WorkerOutput | None = None,
     ) -> None:
         self.assignment = assignment
         self.definition = definition
         self.store, self.bus, self.lease, self.settles = store, bus, lease, settles
+        self.commit_spacing = commit_spacing
+        self.last_commit = -commit_spacing  # monotonic time of the last commit of outcomes
         self.owner = assignment.owner
         snap = store.get_orchestration(assignment.orchestration_id)
         self.policy = RetryPolicy.of(snap.options)
@@ -192,17 +197,22 @@ class Worker:
                 limit=batch, now=now, lease=self.lease,
             )
             if not claimed:
+                self.record(pending)  # before counting what is left, which reads the counters
+                pending = []
                 if not self.wait_for_ready_work():
                     break
                 continue
             started = last_flush = time.monotonic()
             for claim in claimed:
                 pending.append(self.attempt(claim))
-                if time.monotonic() - last_flush >= FLUSH_SECONDS:
+                if time.monotonic() - last_flush >= FLUSH_SECONDS and self.commit_due():
                     self.record(pending)
                     pending, last_flush = [], time.monotonic()
-            self.record(pending)
-            pending = []
+            if self.commit_due():  # always locally; spaced, outcomes wait for a later batch
+                self.record(pending)
+                pending = []
+            elif self.output is not None:
+                self.output.flush()
             per_item = (time.monotonic() - started) / len(claimed)
             batch = max(1, min(MAX_BATCH, batch * 4, int(BATCH_SECONDS / max(per_item, 1e-6))))
         self.runner.close()
@@ -239,11 +249,19 @@ class Worker:
             return outcome
         return Outcome(claim.job_id, claim.index, claim.owner, Status.COMPLETED, result=result)
 
+    def commit_due(self) -> bool:
+        return time.monotonic() - self.last_commit >= self.commit_spacing
+
     def record(self, outcomes: list[Outcome]) -> None:
+        """Commit outcomes, waiting out the rest of `commit_spacing` first."""
         if self.output is not None:
             self.output.flush()  # once a batch: what the jobs printed reaches the log
         if outcomes:
+            wait = self.last_commit + self.commit_spacing - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
             self.store.record_outcomes(self.assignment.orchestration_id, outcomes)
+            self.last_commit = time.monotonic()
             if self.settles:
                 settle(self.store, self.bus, self.assignment.orchestration_id)
 
@@ -308,7 +326,8 @@ def main(env: Mapping[str, str] | None = None) -> int:
     try:
         Worker(
             assignment, definition, backend.store, backend.bus,
-            lease=settings.lease_seconds, settles=backend.worker_settles, output=output,
+            lease=settings.lease_seconds, settles=backend.worker_settles,
+            commit_spacing=backend.commit_spacing, output=output,
         ).run()
     except Exception:
         log.exception("the worker of shard %d stopped", assignment.task_index)

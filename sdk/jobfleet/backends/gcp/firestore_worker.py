@@ -98,11 +98,17 @@ class FirestoreWorkerSide:
 
     def _shard_sums(self, ref: firestore.DocumentReference) -> dict[str, int]:
         """One aggregation over the shard counters (a read per 1,000 shards), not a read of
-        every counter document."""
+        every counter document, and one count of the instances InProgress (claims write no
+        counter). The two are read one after the other, so while instances end the
+        InProgress count may be off by those; the ended counts, which decide completion,
+        are exact."""
         query: Any = ref.collection(SHARDS).sum("total", alias="total")
         for name in COUNTER.values():
             query = query.sum(name, alias=name)
-        return aggregate(query)
+        sums = aggregate(query)
+        held: Any = ref.collection(JOBS).where(filter=field_filter("status", "==", IN_PROGRESS))
+        sums.update(aggregate(held.count(alias="in_progress")))
+        return sums
 
     # -- the worker's side ----------------------------------------------------------------
 
@@ -114,7 +120,9 @@ class FirestoreWorkerSide:
         its queue, and read locks held until commit make them wait on each other (on the
         emulator, a lock timeout of two seconds per collision). Each instance is written on
         condition that it is unchanged since it was read, so a loser fails at once and
-        reads again; the commit is atomic, counters included."""
+        reads again. A claim writes no shard counter: they count ended instances only, so
+        that only commits that end instances write them (and trigger the completion
+        function)."""
         ref = self._ref(orchestration_id)
         for _ in range(CONFLICT_ATTEMPTS):
             ready = self._ready(ref, shard, now, min(limit, CHUNK), job_id)
@@ -123,7 +131,6 @@ class FirestoreWorkerSide:
             if not ready:
                 return []
             writes = self._client.batch()
-            counters = ShardCounters()
             claimed = []
             for doc in ready:
                 attempts = int(doc.get("attempts")) + 1
@@ -133,9 +140,7 @@ class FirestoreWorkerSide:
                      "lease_until": now + lease, "started_at": now, "changed": now},
                     option=self._client.write_option(last_update_time=doc.update_time),
                 )
-                counters.move(int(doc.get("shard")), PENDING, IN_PROGRESS)
                 claimed.append(claimed_instance(doc, owner, attempts))
-            counters.write(writes, ref)
             try:
                 writes.commit()
             except (exceptions.FailedPrecondition, exceptions.Aborted):
