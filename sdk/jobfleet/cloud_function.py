@@ -24,7 +24,7 @@ from cloudevents.http import CloudEvent
 from google.events.cloud.firestore_v1 import Document, DocumentEventData
 
 from jobfleet.backends import open_bus, open_store
-from jobfleet.backends.gcp.firestore_documents import unfinished_in
+from jobfleet.backends.gcp.firestore_documents import SHARDS, unfinished_in
 from jobfleet.config import Settings
 from jobfleet.core.completion import settle_after_commit
 from jobfleet.core.ports import EventBus, Store
@@ -48,9 +48,11 @@ def _counters(document: Document) -> dict[str, int]:
     return {name: int(value.integer_value) for name, value in document.fields.items()}
 
 
-def _orchestration_and_shard(document_name: str) -> tuple[str, int]:
+def _orchestration_and_shard(document_name: str) -> tuple[str, int] | None:
     """.../documents/jobfleet_orchestrations/{orchestration}/shards/{shard}"""
     parts = document_name.split("/")
+    if len(parts) < 4 or parts[-2] != SHARDS or not parts[-1].isdigit():
+        return None
     return parts[-3], int(parts[-1])
 
 
@@ -59,7 +61,13 @@ def on_job_written(cloud_event: CloudEvent) -> None:
     change = DocumentEventData.deserialize(cloud_event.get_data())
     if not change.value.name:  # a deletion (an abandoned kick-off cleaning up)
         return
-    oid, shard = _orchestration_and_shard(change.value.name)
+    where = _orchestration_and_shard(change.value.name)
+    if where is None:  # raising would only have it delivered again
+        log.warning("ignored a change of %s: the function's trigger must be on updates of "
+                    "jobfleet_orchestrations/{o}/shards/{s} (infra/README.md)",
+                    change.value.name)
+        return
+    oid, shard = where
     unfinished = unfinished_in(_counters(change.value))
     if unfinished:
         return

@@ -93,6 +93,12 @@ class Assignment:
         ))
 
 
+def next_batch(batch: int, per_item: float) -> int:
+    """How many instances to claim next: about BATCH_SECONDS of work, growing fourfold
+    at most from one claim to the next."""
+    return max(1, min(MAX_BATCH, batch * 4, int(BATCH_SECONDS / max(per_item, 1e-6))))
+
+
 class AttemptRunner:
     """Runs one attempt of a job, sync or async, under the attempt timeout."""
 
@@ -208,13 +214,15 @@ class Worker:
                 if time.monotonic() - last_flush >= FLUSH_SECONDS and self.commit_due():
                     self.record(pending)
                     pending, last_flush = [], time.monotonic()
-            if self.commit_due():  # always locally; spaced, outcomes wait for a later batch
+            so_far = (time.monotonic() - started) / len(claimed)
+            if self.carry(next_batch(batch, so_far) * so_far):
+                if self.output is not None:
+                    self.output.flush()
+            else:
                 self.record(pending)
                 pending = []
-            elif self.output is not None:
-                self.output.flush()
             per_item = (time.monotonic() - started) / len(claimed)
-            batch = max(1, min(MAX_BATCH, batch * 4, int(BATCH_SECONDS / max(per_item, 1e-6))))
+            batch = next_batch(batch, per_item)
         self.runner.close()
 
     def attempt(self, claim: ClaimedInstance) -> Outcome:
@@ -251,6 +259,15 @@ class Worker:
 
     def commit_due(self) -> bool:
         return time.monotonic() - self.last_commit >= self.commit_spacing
+
+    def carry(self, next_batch_seconds: float) -> bool:
+        """Whether to keep a batch's outcomes for a later commit rather than wait for the
+        spacing to pass: only when the next batch is expected to end before the commit
+        falls due (never locally). The next batch then commits them, after its first
+        attempt that ends once it is due. Like a batch's own outcomes, they wait for a
+        slow attempt that a fast batch did not foresee."""
+        due_in = self.last_commit + self.commit_spacing - time.monotonic()
+        return next_batch_seconds < due_in
 
     def record(self, outcomes: list[Outcome]) -> None:
         """Commit outcomes, waiting out the rest of `commit_spacing` first."""

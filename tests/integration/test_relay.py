@@ -189,7 +189,7 @@ def test_each_update_arrives_as_the_cloudevent_eventarc_sends(
     route()
     claimed_at = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
     shard = db.document(SHARD)
-    created = {
+    created: dict[str, object] = {
         "total": 3,
         "succeeded": 0,
         "progress": 0.5,
@@ -230,7 +230,9 @@ def test_each_update_arrives_as_the_cloudevent_eventarc_sends(
     assert len({event["id"] for event in events}) == 2
 
     # Delivery is concurrent, so tell the writes apart by what they carry.
-    first, second = sorted(events, key=lambda e: fields(data_of(e).value)["succeeded"])
+    first, second = sorted(
+        events, key=lambda e: int(data_of(e).value.fields["succeeded"].integer_value)
+    )
     one, two = data_of(first), data_of(second)
     assert one.value.name == f"{documents}/{SHARD}"
     assert fields(one.old_value) == {
