@@ -28,6 +28,7 @@ from jobfleet.backends.gcp.firestore_documents import SHARDS, unfinished_in
 from jobfleet.config import Settings
 from jobfleet.core.completion import settle_after_commit
 from jobfleet.core.ports import EventBus, Store
+from jobfleet.errors import UnknownOrchestration
 from jobfleet.log_lines import context, install_formatter
 from jobfleet.tracing import TraceContext
 
@@ -76,15 +77,19 @@ def on_job_written(cloud_event: CloudEvent) -> None:
     context.trace_id = context.span_id = None
     try:
         snap = settle_after_commit(store, bus, oid, unfinished)
-        if snap is not None and snap.status.terminal and snap.event_published:
-            trace = TraceContext.parse(snap.traceparent)
-            if trace is not None:
-                context.trace_id, context.span_id = trace.trace_id, trace.span_id
-                context.trace_sampled = trace.sampled
-            context.job_name = snap.job_name
-            log.info("orchestration %s ended %s; its completion event is published",
-                     oid, snap.status)
+    except UnknownOrchestration:  # deleted since: delivering it again cannot help
+        log.warning("ignored shard %d of orchestration %s: there is no such orchestration",
+                    shard, oid)
+        return
     except Exception:
         log.exception("settling orchestration %s after shard %d ended failed; the event "
                       "will be redelivered", oid, shard)
         raise
+    if snap is not None and snap.status.terminal and snap.event_published:
+        trace = TraceContext.parse(snap.traceparent)
+        if trace is not None:
+            context.trace_id, context.span_id = trace.trace_id, trace.span_id
+            context.trace_sampled = trace.sampled
+        context.job_name = snap.job_name
+        log.info("orchestration %s ended %s; its completion event is published",
+                 oid, snap.status)

@@ -325,8 +325,8 @@ def test_dev_up_alone_starts_every_part_and_dev_down_stops_every_one(
         monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", exports["FIRESTORE_EMULATOR_HOST"])
         client = firestore.Client(project="dev-alone")
         counters = client.document("jobfleet_orchestrations/o-1/shards/0")
-        counters.set({"total": 1, "succeeded": 0})  # a creation: no event
-        counters.update({"succeeded": 1})
+        counters.set({"total": 2, "succeeded": 0})  # a creation: no event
+        counters.update({"succeeded": 1})  # the shard is not done: nothing to settle
         deadline = time.monotonic() + 30
         while route["delivered"] < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
