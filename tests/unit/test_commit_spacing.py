@@ -77,7 +77,7 @@ def run_worker(
     )
     counting = CountingStore(store, clock)
     assignment = Assignment("noop_spaced", oid, 0, 1, 0, None)
-    Worker(assignment, get_job("noop_spaced"), counting, bus,  # type: ignore[arg-type]
+    Worker(assignment, get_job("noop_spaced"), counting, bus,
            settles=False, commit_spacing=spacing).run()
     return counting, oid
 
