@@ -220,16 +220,16 @@ class TriggerRelay:
         log.info("route %s removed: %d changes, %d delivered, %d failed",
                  route.trigger_id, route.changes, route.delivered, route.failed)
 
-    def start_tally(self, project: str) -> WriteTally:
-        """Count every write to every document of the project, from now on."""
+    def start_tally(self, project: str, documents: str = EVERY_DOCUMENT) -> WriteTally:
+        """Count every write to the project's documents that match `documents` (a path
+        pattern; by default every document), from now on."""
         if not project:
             raise ConfigurationError("a tally needs a project")
-        tally = WriteTally(f"jobfleet-tally-{uuid.uuid4().hex[:16]}", project)
+        tally = WriteTally(f"jobfleet-tally-{uuid.uuid4().hex[:16]}", project, documents)
         with self._lock:
             self._tallies[tally.trigger_id] = tally
         try:
-            register_trigger(self.firestore_host, project, tally.trigger_id, EVERY_DOCUMENT,
-                             WRITTEN)
+            register_trigger(self.firestore_host, project, tally.trigger_id, documents, WRITTEN)
         except BaseException:
             with self._lock:
                 del self._tallies[tally.trigger_id]

@@ -23,7 +23,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from jobfleet.dev.eventarc import EMULATOR_TIMEOUT, POST_TIMEOUT
+from jobfleet.dev.eventarc import EMULATOR_TIMEOUT, EVERY_DOCUMENT, POST_TIMEOUT
 from jobfleet.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -143,9 +143,13 @@ class RelayHandler(BaseHTTPRequestHandler):
 
     def _start_tally(self, relay: TriggerRelay, body: bytes) -> None:
         try:
-            tally = relay.start_tally(str(json.loads(body or b"{}")["project"]))
+            asked = json.loads(body or b"{}")
+            tally = relay.start_tally(
+                str(asked["project"]), str(asked.get("documents", EVERY_DOCUMENT))
+            )
         except (ValueError, KeyError, TypeError) as exc:
-            self._reply(400, {"error": f"a tally is JSON with project: {exc!r}"})
+            self._reply(400, {"error": f"a tally is JSON with project (and documents, a "
+                                       f"path pattern): {exc!r}"})
         except ConfigurationError as exc:
             self._reply(502, {"error": str(exc)})
         else:
@@ -197,10 +201,12 @@ def remove_route(relay_url: str, trigger_id: str) -> None:
         pass
 
 
-def start_tally(relay_url: str, project: str) -> str:
-    """Start counting every write to the project's documents; the tally's id."""
+def start_tally(relay_url: str, project: str, documents: str = EVERY_DOCUMENT) -> str:
+    """Start counting every write to the project's documents that match `documents`;
+    the tally's id."""
     request = urllib.request.Request(
-        f"{relay_url.rstrip('/')}/_relay/tallies", data=json.dumps({"project": project}).encode(),
+        f"{relay_url.rstrip('/')}/_relay/tallies",
+        data=json.dumps({"project": project, "documents": documents}).encode(),
         method="POST", headers={"content-type": "application/json"},
     )
     try:

@@ -49,6 +49,7 @@ def most_in_window(times: list[float], width: float) -> int:
 class WriteTally:
     trigger_id: str
     project: str
+    documents: str = "{path=**}"  # the trigger's path pattern
     started: float = field(default_factory=time.time)
     _writes: defaultdict[str, list[float]] = field(
         default_factory=lambda: defaultdict(list), repr=False
@@ -93,7 +94,8 @@ class WriteTally:
             if sustained > kind["sustained_per_s"]:
                 kind["sustained_per_s"], kind["sustained_document"] = sustained, path
         return {
-            "trigger_id": self.trigger_id, "project": self.project, "window": window,
+            "trigger_id": self.trigger_id, "project": self.project,
+            "documents": self.documents, "window": window,
             "writes": sum(k["writes"] for k in kinds.values()),
             "peak_1s": max((k["peak_1s"] for k in kinds.values()), default=0),
             "sustained_per_s": max((k["sustained_per_s"] for k in kinds.values()), default=0.0),
