@@ -4,8 +4,8 @@ A worker runs its share (shard) of an orchestration's instances: it claims ready
 instances in small batches, runs each attempt with a timeout, records the
 outcomes, and settles the orchestration after each batch (locally). On Google Cloud
 its commits of outcomes are spaced by at least `commit_spacing` (a second): each
-writes its shard's counter document and invokes the completion function. A failing instance is
-recorded (and retried after a backoff), never crashed on; a heartbeat thread
+writes its shard's counter document and invokes the completion function. A failing
+instance is recorded (and retried after a backoff), never crashed on; a heartbeat thread
 keeps the leases of what it holds alive so that a lost worker is noticed.
 """
 
@@ -213,6 +213,10 @@ class Worker:
                 if not self.wait_for_ready_work():
                     break
                 continue
+            alone = any(claim.isolated for claim in claimed)
+            if alone:  # a suspect runs with nothing else held, and is written at once
+                self.record(pending)
+                pending = []
             started = last_flush = time.monotonic()
             self.committing = 0.0
             for claim in claimed:
@@ -223,7 +227,7 @@ class Worker:
                     self.record(pending)
                     pending, last_flush = [], time.monotonic()
             so_far = (time.monotonic() - started - self.committing) / len(claimed)
-            if self.carry(next_batch(batch, so_far) * so_far):
+            if not alone and self.carry(next_batch(batch, so_far) * so_far):
                 if self.output is not None:
                     self.output.flush()
             else:

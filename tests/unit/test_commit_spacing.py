@@ -17,7 +17,7 @@ from jobfleet import worker as worker_module
 from jobfleet.backends.gcp.firestore_worker import CHUNK
 from jobfleet.backends.local.events import LocalEventLog
 from jobfleet.backends.local.store import SqliteStore
-from jobfleet.core.models import NewInstance, NewOrchestration, RunOptions
+from jobfleet.core.models import NewInstance, NewOrchestration, Outcome, RunOptions, Status
 from jobfleet.core.registry import get_job, job
 from jobfleet.worker import MAX_OUTCOMES_PER_COMMIT, Assignment, Worker
 
@@ -114,3 +114,42 @@ def test_a_commit_of_held_outcomes_fits_one_firestore_transaction() -> None:
     """More would be several transactions, each writing the shard counter."""
     assert MAX_OUTCOMES_PER_COMMIT <= CHUNK
 
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_an_isolated_instance_is_committed_alone_even_amid_held_outcomes(
+    store: SqliteStore, bus: LocalEventLog, clock: FakeClock
+) -> None:
+    """After a crash a suspect is claimed alone. A spaced worker that holds outcomes back
+    commits them before running it, and its outcome before claiming again: were it to
+    kill the worker, the worker would die holding the suspect alone, charged alone."""
+    oid = str(uuid.uuid4())
+    store.create_orchestration(
+        NewOrchestration(oid, "noop_spaced", RunOptions(retries=0, backoff=0.0, timeout=None,
+                                                        parallelism=1), {}, clock.now),
+        [[NewInstance(str(uuid.uuid4()), i, 0, {"n": i}) for i in range(300)]],
+    )
+    [suspect] = store.claim(oid, 0, "lost", limit=1, now=clock.now, lease=30)
+    store.record_outcomes(oid, [Outcome(  # ready while the worker holds other outcomes
+        suspect.job_id, suspect.index, "lost", Status.PENDING, not_before=clock.now + 0.02,
+        refund=True, isolate=True,
+    )])
+    commits: list[set[str]] = []
+
+    class Noting(CountingStore):
+        def record_outcomes(self, orchestration_id: str, outcomes: Any) -> int:
+            commits.append({o.job_id for o in outcomes})
+            return super().record_outcomes(orchestration_id, outcomes)
+
+    @job("noop_spaced", retries=0)
+    def noop(params: dict[str, Any]) -> None:
+        clock.now += ATTEMPT_SECONDS
+
+    Worker(Assignment("noop_spaced", oid, 0, 1, 0, None), get_job("noop_spaced"),
+           Noting(store, clock), bus,
+           settles=False, commit_spacing=1.0).run()
+
+    assert store.unfinished_count(oid) == 0
+    assert {suspect.job_id} in commits  # its own commit, nothing else in it
+    before = commits[: commits.index({suspect.job_id})]
+    assert before and sum(map(len, before)) > 1  # it came while outcomes were held

@@ -236,7 +236,8 @@ def orchestration_snapshot(doc: Snapshot, sums: dict[str, int]) -> Orchestration
 
 def claimed_instance(doc: Snapshot, owner: str, attempts: int) -> ClaimedInstance:
     return ClaimedInstance(
-        doc.id, int(doc.get("index")), json.loads(doc.get("params")), attempts, owner
+        doc.id, int(doc.get("index")), json.loads(doc.get("params")), attempts, owner,
+        isolated=bool(doc.get("isolated")),
     )
 
 
