@@ -2,8 +2,10 @@
 
 A worker runs its share (shard) of an orchestration's instances: it claims ready
 instances in small batches, runs each attempt with a timeout, records the
-outcomes, and settles the orchestration after each batch. A failing instance is
-recorded (and retried after a backoff), never crashed on; a heartbeat thread
+outcomes, and settles the orchestration after each batch (locally). On Google Cloud
+its commits of outcomes are spaced by at least `commit_spacing` (a second): each
+writes its shard's counter document and invokes the completion function. A failing
+instance is recorded (and retried after a backoff), never crashed on; a heartbeat thread
 keeps the leases of what it holds alive so that a lost worker is noticed.
 """
 
@@ -43,6 +45,10 @@ MAX_BATCH = 256
 BATCH_SECONDS = 0.05  # aim a claim at about this much work
 FLUSH_SECONDS = 0.1  # record outcomes at least this often while a batch runs
 IDLE_POLL_SECONDS = 1.0
+# Held outcomes are committed at this many, due or not: the Firestore store writes at most
+# this many in one transaction (its CHUNK), and each of its transactions writes the shard
+# counter once.
+MAX_OUTCOMES_PER_COMMIT = 400
 
 EXIT_OK = 0
 EXIT_CANNOT_WORK = 3
@@ -90,6 +96,12 @@ class Assignment:
             self.orchestration_id, self.execution, self.task_index, self.task_attempt, host,
             os.getpid(),
         ))
+
+
+def next_batch(batch: int, per_item: float) -> int:
+    """How many instances to claim next: about BATCH_SECONDS of work, growing fourfold
+    at most from one claim to the next."""
+    return max(1, min(MAX_BATCH, batch * 4, int(BATCH_SECONDS / max(per_item, 1e-6))))
 
 
 class AttemptRunner:
@@ -167,12 +179,16 @@ class Worker:
         *,
         lease: float = DEFAULT_LEASE_SECONDS,
         settles: bool = True,
+        commit_spacing: float = 0.0,
         output: WorkerOutput | None = None,
         advance: Advance | None = None,
     ) -> None:
         self.assignment = assignment
         self.definition = definition
         self.store, self.bus, self.lease, self.settles = store, bus, lease, settles
+        self.commit_spacing = commit_spacing
+        self.last_commit = -commit_spacing  # monotonic time of the last commit of outcomes
+        self.committing = 0.0  # seconds spent in spaced commits since the batch started
         self.owner = assignment.owner
         snap = store.get_orchestration(assignment.orchestration_id)
         self.policy = RetryPolicy.of(snap.options)
@@ -195,19 +211,33 @@ class Worker:
                 limit=batch, now=now, lease=self.lease,
             )
             if not claimed:
+                self.record(pending)  # before counting what is left, which reads the counters
+                pending = []
                 if not self.wait_for_ready_work():
                     break
                 continue
+            alone = any(claim.isolated for claim in claimed)
+            if alone:  # a suspect runs with nothing else held, and is written at once
+                self.record(pending)
+                pending = []
             started = last_flush = time.monotonic()
+            self.committing = 0.0
             for claim in claimed:
                 pending.append(self.attempt(claim))
-                if time.monotonic() - last_flush >= FLUSH_SECONDS:
+                if (
+                    time.monotonic() - last_flush >= FLUSH_SECONDS and self.commit_due()
+                ) or len(pending) >= MAX_OUTCOMES_PER_COMMIT:
                     self.record(pending)
                     pending, last_flush = [], time.monotonic()
-            self.record(pending)
-            pending = []
-            per_item = (time.monotonic() - started) / len(claimed)
-            batch = max(1, min(MAX_BATCH, batch * 4, int(BATCH_SECONDS / max(per_item, 1e-6))))
+            so_far = (time.monotonic() - started - self.committing) / len(claimed)
+            if not alone and self.carry(next_batch(batch, so_far) * so_far):
+                if self.output is not None:
+                    self.output.flush()
+            else:
+                self.record(pending)
+                pending = []
+            per_item = (time.monotonic() - started - self.committing) / len(claimed)
+            batch = next_batch(batch, per_item)
         self.runner.close()
 
     def attempt(self, claim: ClaimedInstance) -> Outcome:
@@ -242,11 +272,34 @@ class Worker:
             return outcome
         return Outcome(claim.job_id, claim.index, claim.owner, Status.COMPLETED, result=result)
 
+    def commit_due(self) -> bool:
+        return time.monotonic() - self.last_commit >= self.commit_spacing
+
+    def carry(self, next_batch_seconds: float) -> bool:
+        """Whether to keep a batch's outcomes for a later commit rather than wait for the
+        spacing to pass: only when the next batch is expected to end before the commit
+        falls due (never locally). The next batch then commits them, after its first
+        attempt that ends once it is due. Like a batch's own outcomes, they wait for a
+        slow attempt that a fast batch did not foresee."""
+        due_in = self.last_commit + self.commit_spacing - time.monotonic()
+        return next_batch_seconds < due_in
+
     def record(self, outcomes: list[Outcome]) -> None:
+        """Commit outcomes, waiting out the rest of `commit_spacing` first. Locally the
+        commit's time counts in the batch's time per instance, as it always has; spaced
+        (on Google Cloud), neither the wait nor the commit does: a slow store would
+        otherwise shrink claims to one instance, each its own commit."""
         if self.output is not None:
             self.output.flush()  # once a batch: what the jobs printed reaches the log
         if outcomes:
+            began = time.monotonic()
+            wait = self.last_commit + self.commit_spacing - began
+            if wait > 0:
+                time.sleep(wait)
             self.store.record_outcomes(self.assignment.orchestration_id, outcomes)
+            self.last_commit = time.monotonic()
+            if self.commit_spacing:  # spaced commits are not the work a batch is sized to
+                self.committing += self.last_commit - began
             if self.settles:
                 settle(self.store, self.bus, self.assignment.orchestration_id, self.advance)
 
@@ -311,8 +364,8 @@ def main(env: Mapping[str, str] | None = None) -> int:
     try:
         Worker(
             assignment, definition, backend.store, backend.bus,
-            lease=settings.lease_seconds, settles=backend.worker_settles, output=output,
-            advance=advancer(settings),
+            lease=settings.lease_seconds, settles=backend.worker_settles,
+            commit_spacing=backend.commit_spacing, output=output, advance=advancer(settings),
         ).run()
     except Exception:
         log.exception("the worker of shard %d stopped", assignment.task_index)

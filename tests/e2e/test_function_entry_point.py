@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ from jobfleet.core.models import (
     Status,
 )
 from jobfleet.dev.emulators import free_port, stop_group
-from jobfleet.dev.eventarc import FirestoreEvent, FunctionEndpoint, cloud_event_headers
+from jobfleet.dev.eventarc import WRITTEN, FirestoreEvent, FunctionEndpoint, cloud_event_headers
 from pubsub_raw import RawSubscription
 
 pytestmark = pytest.mark.slow
@@ -153,17 +154,22 @@ def test_the_deployed_entry_point_settles_on_the_emulators_trigger_event(
     )
 
 
-def job_written(project: str, oid: str, job_id: str, before: str, after: str) -> FirestoreEvent:
-    """The CloudEvent Eventarc sends for a job document's status going `before` -> `after`."""
-    path = f"jobfleet_orchestrations/{oid}/jobs/{job_id}"
+def shard_counted(
+    project: str, oid: str, before: dict[str, int], after: dict[str, int]
+) -> FirestoreEvent:
+    """The CloudEvent Eventarc sends for an update of shard 0's counters."""
+    path = f"jobfleet_orchestrations/{oid}/shards/0"
     name = f"projects/{project}/databases/(default)/documents/{path}"
 
-    def document(status: str) -> Document:
-        return Document(name=name, fields={"status": Value(string_value=status),
-                                           "shard": Value(integer_value=0)})
+    def document(counters: dict[str, int]) -> Document:
+        return Document(name=name, fields={
+            field: Value(integer_value=n) for field, n in counters.items()
+        })
 
     data = DocumentEventData(old_value=document(before), value=document(after))
-    data.update_mask.field_paths.append("status")
+    data.update_mask.field_paths.extend(sorted(set(after) - set(before) | {
+        field for field in after if before.get(field) != after[field]
+    }))
     headers = cloud_event_headers(project, path, dt.datetime.now(dt.UTC), str(uuid.uuid4()),
                                   "us-central1")
     return FirestoreEvent(path, headers, DocumentEventData.serialize(data))
@@ -172,23 +178,55 @@ def job_written(project: str, oid: str, job_id: str, before: str, after: str) ->
 def test_a_redelivered_event_to_the_deployed_entry_point_publishes_once(
     deployed: DeployedFunction, store: FirestoreStore, raw: RawSubscription
 ) -> None:
-    """No trigger route: the instances end unannounced, then Eventarc delivers the last
-    write's event, and (at least once) delivers it again."""
+    """No trigger route: the instances end unannounced; Eventarc delivers an earlier
+    commit's event (the shard not yet done: nothing happens), then the last commit's,
+    and (at least once) that one again."""
     oid = create(store, 2)
     finish(store, oid, [Status.COMPLETED, Status.COMPLETED])
     assert store.get_orchestration(oid).status is Status.IN_PROGRESS
-    [last] = [i for i in store.list_instances(oid) if i.index == 1]
-    event = job_written(deployed.project, oid, last.job_id, "InProgress", "Completed")
+    zero = {"total": 2, "succeeded": 0, "failed": 0, "cancelled": 0}
+    earlier = shard_counted(deployed.project, oid, zero, {**zero, "succeeded": 1})
+    last = shard_counted(deployed.project, oid, {**zero, "succeeded": 1}, {**zero, "succeeded": 2})
 
     endpoint = FunctionEndpoint(deployed.url)
     try:
-        assert endpoint.post(event) == 200
+        assert endpoint.post(earlier) == 200
+        assert store.get_orchestration(oid).status is Status.IN_PROGRESS
+        assert endpoint.post(last) == 200
         snap = store.get_orchestration(oid)  # the reply came after the settle
         assert snap.status is Status.COMPLETED and snap.event_published
-        assert endpoint.post(event) == 200
+        assert endpoint.post(last) == 200
     finally:
         endpoint.close()
 
     assert raw.counts() == {oid: 1}
     [published] = raw.messages
     assert (published.status, published.total, published.succeeded) == (Status.COMPLETED, 2, 2)
+
+
+def test_a_job_document_event_from_a_trigger_left_from_before_is_ignored_with_a_warning(
+    deployed: DeployedFunction, store: FirestoreStore, raw: RawSubscription
+) -> None:
+    """A function deployed with the old trigger (`.../jobs/{j}`, written) is not retried
+    forever on events it cannot read: it answers, warns, and leaves the end to the sweep."""
+    oid = create(store, 1)
+    finish(store, oid, [Status.COMPLETED])
+    [instance] = store.list_instances(oid)
+    path = f"jobfleet_orchestrations/{oid}/jobs/{instance.job_id}"
+    name = f"projects/{deployed.project}/databases/(default)/documents/{path}"
+    data = DocumentEventData(
+        old_value=Document(name=name, fields={"status": Value(string_value="InProgress")}),
+        value=Document(name=name, fields={"status": Value(string_value="Completed")}),
+    )
+    headers = cloud_event_headers(deployed.project, path, dt.datetime.now(dt.UTC),
+                                  str(uuid.uuid4()), "us-central1", WRITTEN)
+    endpoint = FunctionEndpoint(deployed.url)
+    try:
+        status = endpoint.post(FirestoreEvent(path, headers, DocumentEventData.serialize(data)))
+    finally:
+        endpoint.close()
+
+    assert status == 200
+    assert store.get_orchestration(oid).status is Status.IN_PROGRESS
+    assert "the function's trigger must be on updates of" in deployed.log.read_text()
+    assert raw.counts() == Counter()

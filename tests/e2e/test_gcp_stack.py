@@ -26,12 +26,13 @@ from typing import Any
 import pytest
 from google.cloud import firestore
 
-from conftest import TESTS, Emulators, ServerFactory
+from conftest import TESTS, Emulators, ServerFactory, eventually
 from jobfleet import JobCompletedEvent, JobFleet, Status, cloud_function
 from jobfleet.backends.gcp.firestore_store import FirestoreStore
 from jobfleet.backends.gcp.pubsub import EventSubscriber, ensure_subscription
 from jobfleet.core.models import NewInstance, NewOrchestration, RunOptions
 from jobfleet.dev.emulators import free_port, stop_group, stop_groups
+from jobfleet.dev.write_tally import WriteTally
 
 pytestmark = pytest.mark.slow
 
@@ -165,7 +166,10 @@ def test_a_killed_worker_task_is_retried_and_every_instance_ends(
 def test_every_trigger_delivered_three_times_out_of_order_still_announces_once(
     emulators: Emulators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A project of its own: only this test's route sees its documents."""
+    """A project of its own: only this test's route sees its documents. The function is
+    invoked once per commit that ends instances (each updates its shard's counters, and
+    nothing else does), not once per instance: the relay's count of trigger events equals
+    the counter writes a write tally saw, well under the number of instances."""
     project = f"triple-{uuid.uuid4().hex[:8]}"
     env = _env_with_tests({
         **emulators.environment(), "GOOGLE_CLOUD_PROJECT": project, "JOBFLEET_BACKEND": "gcp",
@@ -174,7 +178,7 @@ def test_every_trigger_delivered_three_times_out_of_order_still_announces_once(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     store = FirestoreStore(project=project)
-    total, shards = 60, 3
+    total, shards = 150, 3
     oid = str(uuid.uuid4())
     options = RunOptions(retries=0, backoff=0.0, timeout=None, parallelism=shards)
     store.create_orchestration(
@@ -199,6 +203,7 @@ def test_every_trigger_delivered_three_times_out_of_order_still_announces_once(
         subscriber, received = subscribe(project)
         _wait_for_port(port)
         route = relay.register(project, f"http://127.0.0.1:{port}/", deliveries=3, shuffle=True)
+        tally = relay.start_tally(project)
         with subscriber:
             workers = [
                 subprocess.Popen([sys.executable, "-m", "jobfleet", "worker"], env={
@@ -209,12 +214,12 @@ def test_every_trigger_delivered_three_times_out_of_order_still_announces_once(
             ]
             assert [w.wait(timeout=120) for w in workers] == [0] * shards
             events = received.of(oid, timeout=60)
-            # The claim and the finish of each instance, three times each.
-            deadline = time.monotonic() + 60
-            while route.delivered < 3 * 2 * total and time.monotonic() < deadline:
-                time.sleep(0.05)
+            # Every write is in the tally (the claim and the finish of each instance, with
+            # the counters they moved) before the route's events are all counted.
+            assert eventually(lambda: writes_to(tally, JOBS_KIND) == 2 * total, 60)
             assert relay.wait_idle(route, timeout=60)
             published = store.get_orchestration(oid).event_published
+            relay.stop_tally(tally)
     finally:
         if route is not None:
             relay.unregister(route)
@@ -223,10 +228,22 @@ def test_every_trigger_delivered_three_times_out_of_order_still_announces_once(
         store.close()
 
     assert len(events) == 1
-    assert (events[0].status, events[0].succeeded, events[0].failed) == (Status.ERRORED, 59, 1)
-    assert route.delivered >= 3 * 2 * total  # claim and finish of each, three times each
+    assert (events[0].status, events[0].succeeded, events[0].failed) == (Status.ERRORED, 149, 1)
+    commits = writes_to(tally, SHARDS_KIND)  # the counters were created before the tally
+    assert route.changes == commits
+    assert shards <= commits < total // 2  # at least one per shard; not one per instance
+    assert route.delivered == 3 * commits  # every event three times
     assert route.failed == 0
+    assert tally.summary()["kinds"][SHARDS_KIND]["peak_1s"] == 1  # spaced by commit_spacing
     assert published
+
+
+JOBS_KIND = "jobfleet_orchestrations/*/jobs/*"
+SHARDS_KIND = "jobfleet_orchestrations/*/shards/*"
+
+
+def writes_to(tally: WriteTally, kind: str) -> int:
+    return int(tally.summary()["kinds"].get(kind, {}).get("writes", 0))
 
 
 def _wait_for_port(port: int, timeout: float = 60) -> None:
@@ -312,7 +329,9 @@ def test_dev_up_alone_starts_every_part_and_dev_down_stops_every_one(
 
         monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", exports["FIRESTORE_EMULATOR_HOST"])
         client = firestore.Client(project="dev-alone")
-        client.document("jobfleet_orchestrations/o-1/jobs/j-1").set({"status": "Pending"})
+        counters = client.document("jobfleet_orchestrations/o-1/shards/0")
+        counters.set({"total": 2, "succeeded": 0})  # a creation: no event
+        counters.update({"succeeded": 1})  # the shard is not done: nothing to settle
         deadline = time.monotonic() + 30
         while route["delivered"] < 1 and time.monotonic() < deadline:
             time.sleep(0.05)

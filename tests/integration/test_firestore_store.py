@@ -173,9 +173,12 @@ def test_heartbeats_write_one_lease_document_per_worker_and_no_instance(
     assert len(fs.stale_claims(oid, now=T0 + 26)) == 50
 
 
-def test_counts_come_from_shard_counters_written_once_per_commit(
+def test_counts_come_from_shard_counters_written_only_by_commits_that_end_instances(
     fs: FirestoreStore, client: firestore.Client
 ) -> None:
+    """A claim and a retry leave the counters alone (InProgress is counted from the
+    instances), so each counter write is a commit that ended instances: one event for
+    the completion function."""
     oid = kick_off(fs, n=30, shards=3)
     orchestration = client.collection(ORCHESTRATIONS).document(oid)
     created = orchestration.get().update_time
@@ -183,23 +186,26 @@ def test_counts_come_from_shard_counters_written_once_per_commit(
     try:
         shards.wait_until(lambda docs: len(docs) == 3)
         claims = fs.claim(oid, 0, "task-0", limit=10, now=T0, lease=LEASE)
-        fs.claim(oid, 1, "task-1", limit=4, now=T0, lease=LEASE)
-        shards.wait_until(lambda docs: docs["0"]["in_progress"] + docs["1"]["in_progress"] == 14)
+        held = fs.claim(oid, 1, "task-1", limit=4, now=T0, lease=LEASE)
+        assert fs.get_orchestration(oid).counts.in_progress == 14
+        retried = Outcome(held[0].job_id, held[0].index, held[0].owner, Status.PENDING,
+                          not_before=T0)
+        assert fs.record_outcomes(oid, [retried]) == 1
         fs.record_outcomes(oid, [done(c) for c in claims])
         shards.wait_until(lambda docs: docs["0"]["succeeded"] == 10)
 
         assert shards.latest == {
-            "0": {"total": 10, "in_progress": 0, "succeeded": 10, "failed": 0, "cancelled": 0},
-            "1": {"total": 10, "in_progress": 4, "succeeded": 0, "failed": 0, "cancelled": 0},
-            "2": {"total": 10, "in_progress": 0, "succeeded": 0, "failed": 0, "cancelled": 0},
+            "0": {"total": 10, "succeeded": 10, "failed": 0, "cancelled": 0},
+            "1": {"total": 10, "succeeded": 0, "failed": 0, "cancelled": 0},
+            "2": {"total": 10, "succeeded": 0, "failed": 0, "cancelled": 0},
         }
-        # Ten instances claimed in one commit, finished in another: two counter writes.
-        assert shards.counts() == {"0": 3, "1": 2, "2": 1}
+        # Created at kick-off; then only the commit that finished ten instances.
+        assert shards.counts() == {"0": 2, "1": 1, "2": 1}
     finally:
         shards.stop()
     assert orchestration.get().update_time == created  # never written per instance
     counts = fs.get_orchestration(oid).counts
-    assert (counts.succeeded, counts.in_progress, counts.pending) == (10, 4, 16)
+    assert (counts.succeeded, counts.in_progress, counts.pending) == (10, 3, 17)
     # What the store reports is the counters' sum: move one and the report moves.
     orchestration.collection(SHARDS).document("2").update({"failed": firestore.Increment(1)})
     assert fs.get_orchestration(oid).counts.failed == 1
@@ -287,23 +293,26 @@ def test_exactly_one_process_flips_the_orchestration(fs: FirestoreStore, project
 
 
 @pytest.mark.timeout(30)
-def test_a_waiter_hears_instances_move_in_another_process(
+def test_a_waiter_hears_instances_end_in_another_process(
     fs: FirestoreStore, project: str
 ) -> None:
+    """Ends are pushed by the shard counters' listener; a claim writes no counter, so a
+    watcher sees it at its next re-read (`watch` re-reads every second), not at once."""
     oid = kick_off(fs, n=3)
     worker = FirestoreStore(project)
     try:
+        [claim] = worker.claim(oid, 0, "task-0", limit=1, now=T0, lease=LEASE)
         token = fs.wake_token(oid)
-        claimer = threading.Timer(0.2, worker.claim, args=(oid, 0, "task-0"),
-                                  kwargs={"limit": 1, "now": T0, "lease": LEASE})
-        claimer.start()
+        finisher = threading.Timer(0.2, worker.record_outcomes, args=(oid, [done(claim)]))
+        finisher.start()
         moved = fs.wait_for_wake(oid, token, timeout=10.0)
-        claimer.join()
+        finisher.join()
     finally:
         worker.close()
 
     assert moved != token  # pushed by the shard counters' listener
-    assert fs.get_orchestration(oid).counts.in_progress == 1
+    counts = fs.get_orchestration(oid).counts
+    assert (counts.succeeded, counts.in_progress) == (1, 0)
 
 
 def test_close_stops_the_listeners(project: str) -> None:

@@ -30,11 +30,11 @@ from werkzeug.serving import make_server
 from conftest import Emulators, eventually
 from jobfleet.dev.emulators import firestore_binary, firestore_emulator, free_port, stop_group
 from jobfleet.dev.relay import Route, TriggerRelay
-from jobfleet.dev.relay_http import add_route, remove_route
+from jobfleet.dev.relay_http import add_route, remove_route, start_tally, tally_summary
 from jobfleet.errors import ConfigurationError
 
 WAIT = 20.0
-JOB = "jobfleet_orchestrations/orch-1/jobs/job-7"
+SHARD = "jobfleet_orchestrations/orch-1/shards/7"
 
 FUNCTION_SOURCE = '''
 import threading
@@ -149,6 +149,12 @@ def route(
         relay.unregister(each)
 
 
+def update(db: firestore.Client, path: str) -> None:
+    """Create a shard counter (no event: the trigger is on updates), then update it once."""
+    db.document(path).set({"total": 1, "succeeded": 0})
+    db.document(path).update({"succeeded": firestore.Increment(1)})
+
+
 def data_of(event: CloudEvent) -> Any:
     return DocumentEventData.deserialize(event.data)
 
@@ -175,15 +181,17 @@ def fields(document: Any) -> dict[str, object]:
     return {key: plain(value) for key, value in document.fields.items()}
 
 
-def test_each_write_arrives_as_the_cloudevent_eventarc_sends(
+def test_each_update_arrives_as_the_cloudevent_eventarc_sends(
     project: str, db: firestore.Client, function: Function, route: Callable[..., Route]
 ) -> None:
+    """The completion trigger is `document.v1.updated`: a creation or a deletion of a
+    shard counter sends nothing, each update one event with the old and new values."""
     route()
     claimed_at = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
-    job = db.document(JOB)
-    job.set({
-        "status": "Pending",
-        "attempts": 0,
+    shard = db.document(SHARD)
+    created: dict[str, object] = {
+        "total": 3,
+        "succeeded": 0,
         "progress": 0.5,
         "cancelled": False,
         "error": None,
@@ -193,20 +201,22 @@ def test_each_write_arrives_as_the_cloudevent_eventarc_sends(
         "claimed_at": claimed_at,
         "where": firestore.GeoPoint(51.5, -0.12),
         "orchestration": db.document("jobfleet_orchestrations/orch-1"),
-    })
-    job.update({"status": "Completed", "attempts": 1, "result": {"rows": [1, 2, 3]}})
-    job.delete()
+    }
+    shard.set(created)
+    shard.update({"succeeded": firestore.Increment(2), "result": {"rows": [1, 2, 3]}})
+    shard.update({"succeeded": firestore.Increment(1)})
+    shard.delete()
 
-    events = function.wait_for(3)
-    assert len(events) == 3
+    events = function.wait_for(2)
+    assert len(events) == 2
     documents = f"projects/{project}/databases/(default)/documents"
     for event in events:
         assert event.get_attributes() == {
             "specversion": "1.0",
             "id": event["id"],
-            "type": "google.cloud.firestore.document.v1.written",
+            "type": "google.cloud.firestore.document.v1.updated",
             "source": f"//firestore.googleapis.com/projects/{project}/databases/(default)",
-            "subject": f"documents/{JOB}",
+            "subject": f"documents/{SHARD}",
             "time": event["time"],
             "datacontenttype": "application/protobuf",
             "dataschema": "https://github.com/googleapis/google-cloudevents/blob/main/"
@@ -215,77 +225,69 @@ def test_each_write_arrives_as_the_cloudevent_eventarc_sends(
             "location": "us-central1",
             "database": "(default)",
             "namespace": "(default)",
-            "document": JOB,
+            "document": SHARD,
         }
-    assert len({event["id"] for event in events}) == 3
+    assert len({event["id"] for event in events}) == 2
 
     # Delivery is concurrent, so tell the writes apart by what they carry.
-    by_kind = {(has(data_of(e), "old_value"), has(data_of(e), "value")): e for e in events}
-    created = data_of(by_kind[False, True])
-    updated = data_of(by_kind[True, True])
-    deleted = data_of(by_kind[True, False])
-
-    assert created.value.name == f"{documents}/{JOB}"
-    assert fields(created.value) == {
-        "status": "Pending",
-        "attempts": 0,
-        "progress": 0.5,
-        "cancelled": False,
-        "error": None,
-        "params": {"size": 3, "names": ["a", "b"], "nested": {"deep": [1, {"x": True}]}},
-        "empty": {"map": {}, "array": []},
-        "checksum": b"\x00\xff",
-        "claimed_at": claimed_at,
-        "where": (51.5, -0.12),
+    first, second = sorted(
+        events, key=lambda e: int(data_of(e).value.fields["succeeded"].integer_value)
+    )
+    one, two = data_of(first), data_of(second)
+    assert one.value.name == f"{documents}/{SHARD}"
+    assert fields(one.old_value) == {
+        **created, "claimed_at": claimed_at, "where": (51.5, -0.12), "checksum": b"\x00\xff",
         "orchestration": f"{documents}/jobfleet_orchestrations/orch-1",
     }
-    assert not has(created, "update_mask")
-
-    assert fields(updated.old_value) == fields(created.value)
-    assert fields(updated.value)["status"] == "Completed"
-    assert fields(updated.value)["result"] == {"rows": [1, 2, 3]}
-    assert list(updated.update_mask.field_paths) == ["attempts", "result", "status"]
-    assert updated.value.create_time == updated.old_value.create_time
-    assert updated.value.update_time > updated.old_value.update_time
-
-    assert fields(deleted.old_value) == fields(updated.value)
-    assert deleted.old_value.name == f"{documents}/{JOB}"
-    assert not has(deleted, "update_mask")
-    times = [by_kind[k]["time"] for k in ((False, True), (True, True), (True, False))]
-    assert times == sorted(times)
+    assert fields(one.value)["succeeded"] == 2
+    assert fields(one.value)["result"] == {"rows": [1, 2, 3]}
+    assert list(one.update_mask.field_paths) == ["result", "succeeded"]
+    assert one.value.create_time == one.old_value.create_time
+    assert one.value.update_time > one.old_value.update_time
+    assert fields(two.old_value) == fields(one.value)
+    assert fields(two.value)["succeeded"] == 3
+    assert list(two.update_mask.field_paths) == ["succeeded"]
+    assert first["time"] < second["time"]
     # The commit time to the microsecond, not the emulator's whole second.
-    assert dt.datetime.fromisoformat(by_kind[False, True]["time"]) == created.value.update_time
+    assert dt.datetime.fromisoformat(first["time"]) == one.value.update_time
 
 
-def test_only_the_routes_job_documents_are_announced_with_their_old_values(
+def test_only_updates_of_the_routes_shard_counters_are_announced_with_their_old_values(
     project: str, db: firestore.Client, function: Function, route: Callable[..., Route]
 ) -> None:
-    existing = db.document("jobfleet_orchestrations/orch-2/jobs/before")
-    existing.set({"status": "InProgress", "tags": {"team": "data"}})
+    existing = db.document("jobfleet_orchestrations/orch-2/shards/0")
+    existing.set({"total": 2, "succeeded": 1})
     announced = route()
     db.document("jobfleet_orchestrations/orch-2").set({"status": "InProgress"})
-    db.document("elsewhere/x/jobs/not-a-job-instance").set({"status": "Completed"})
+    db.document("jobfleet_orchestrations/orch-2/jobs/a").set({"status": "Pending"})
+    db.document("jobfleet_orchestrations/orch-2/jobs/a").update({"status": "Completed"})
+    db.document("jobfleet_orchestrations/orch-2/shards/1").set({"total": 1})  # a creation
+    db.document("elsewhere/x/shards/0").set({"total": 1})
+    db.document("elsewhere/x/shards/0").update({"total": 2})
     other = firestore.Client(project=f"{project}-other")
-    other.document("jobfleet_orchestrations/orch-2/jobs/before").set({"status": "Completed"})
+    other.document("jobfleet_orchestrations/orch-2/shards/0").set({"total": 2})
+    other.document("jobfleet_orchestrations/orch-2/shards/0").update({"succeeded": 2})
     other.close()  # type: ignore[no-untyped-call]
-    existing.update({"status": "Completed"})
+    existing.update({"succeeded": 2})
 
     [event] = function.wait_for(1)
-    assert event["document"] == "jobfleet_orchestrations/orch-2/jobs/before"
+    assert event["document"] == "jobfleet_orchestrations/orch-2/shards/0"
     data = data_of(event)
-    assert fields(data.old_value) == {"status": "InProgress", "tags": {"team": "data"}}
-    assert fields(data.value) == {"status": "Completed", "tags": {"team": "data"}}
-    assert list(data.update_mask.field_paths) == ["status"]
+    assert fields(data.old_value) == {"total": 2, "succeeded": 1}
+    assert fields(data.value) == {"total": 2, "succeeded": 2}
+    assert list(data.update_mask.field_paths) == ["succeeded"]
     assert (announced.changes, announced.delivered) == (1, 1)
 
 
 def test_deliveries_3_shuffled_sends_every_change_three_times_out_of_order(
     db: firestore.Client, function: Function, route: Callable[..., Route]
 ) -> None:
+    for n in range(10):
+        db.document(f"jobfleet_orchestrations/orch-3/shards/{n}").set({"n": n})
     triple = route(deliveries=3, shuffle=True)
     batch = db.batch()
     for n in range(10):
-        batch.set(db.document(f"jobfleet_orchestrations/orch-3/jobs/job-{n}"), {"n": n})
+        batch.update(db.document(f"jobfleet_orchestrations/orch-3/shards/{n}"), {"n": -n})
     batch.commit()
 
     events = function.wait_for(30)
@@ -308,7 +310,7 @@ def test_a_function_error_is_retried_until_the_change_is_delivered(
     function.module.FAIL_FIRST_DELIVERY = True  # answered with HTTP 500
     retried = route()
     for n in range(3):
-        db.document(f"jobfleet_orchestrations/orch-4/jobs/job-{n}").set({"n": n})
+        update(db, f"jobfleet_orchestrations/orch-4/shards/{n}")
 
     events = function.wait_for(6)
     assert sorted(Counter(event["id"] for event in events).values()) == [2, 2, 2]
@@ -320,11 +322,11 @@ def test_an_unreachable_function_is_retried_then_given_up(
     db: firestore.Client, route: Callable[..., Route], caplog: pytest.LogCaptureFixture
 ) -> None:
     lost = route(function_url=f"http://127.0.0.1:{free_port()}/")
-    db.document("jobfleet_orchestrations/orch-5/jobs/job-0").set({"n": 0})
+    update(db, "jobfleet_orchestrations/orch-5/shards/0")
 
     assert eventually(lambda: lost.failed == 1, WAIT)
     assert (lost.changes, lost.delivered, lost.invocations) == (1, 0, 0)
-    assert "gave up delivering the change of jobfleet_orchestrations/orch-5/jobs/job-0" in (
+    assert "gave up delivering the change of jobfleet_orchestrations/orch-5/shards/0" in (
         caplog.text
     )
 
@@ -340,7 +342,7 @@ def test_another_process_adds_and_removes_a_route_over_http(
     added = add_route(relay.url, project, function.url, deliveries=2)
     trigger_id = added["trigger_id"]
     try:
-        db.document("jobfleet_orchestrations/orch-7/jobs/job-0").set({"n": 0})
+        update(db, "jobfleet_orchestrations/orch-7/shards/0")
         assert len(function.wait_for(2)) == 2
         stats = get_json(f"{relay.url}/_relay/stats")
         assert stats["routes"][trigger_id] == {
@@ -350,7 +352,7 @@ def test_another_process_adds_and_removes_a_route_over_http(
         remove_route(relay.url, trigger_id)
     assert trigger_id not in get_json(f"{relay.url}/_relay/stats")["routes"]
     unrouted = relay.unrouted
-    db.document("jobfleet_orchestrations/orch-7/jobs/job-1").set({"n": 1})
+    update(db, "jobfleet_orchestrations/orch-7/shards/1")
     time.sleep(1.0)  # time for an event that should not come
     assert len(function.received) == 2
     assert relay.unrouted == unrouted  # the emulator no longer sends the route's events
@@ -401,9 +403,9 @@ def test_the_relay_command_delivers_until_it_is_stopped(
         assert f"on http://127.0.0.1:{port} for the Firestore emulator at " in log
         monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", emulator.host_port)
         client = firestore.Client(project=project)
-        client.document("jobfleet_orchestrations/orch-6/jobs/job-0").set({"status": "Pending"})
+        update(client, "jobfleet_orchestrations/orch-6/shards/0")
         [event] = function.wait_for(1)
-        assert event["subject"] == "documents/jobfleet_orchestrations/orch-6/jobs/job-0"
+        assert event["subject"] == "documents/jobfleet_orchestrations/orch-6/shards/0"
         [stats] = get_json(f"http://127.0.0.1:{port}/_relay/stats")["routes"].values()
         assert (stats["project"], stats["delivered"]) == (project, 1)
         relay.send_signal(signal.SIGTERM)
@@ -427,3 +429,41 @@ def wait_for_line(lines: queue.Queue[str], text: str) -> str:
         except queue.Empty:
             raise AssertionError(f"no {text!r} in the log:\n{seen}") from None
     return seen
+
+
+def test_a_write_tally_counts_each_documents_writes_by_commit_time_and_relays_nothing(
+    relay: TriggerRelay, project: str, db: firestore.Client, function: Function,
+    route: Callable[..., Route],
+) -> None:
+    """How the GCP benchmark measures writes per document per second."""
+    routed = route()
+    tally_id = start_tally(relay.url, project)
+    hot = db.document("jobfleet_orchestrations/o/shards/0")
+    for n in range(5):
+        hot.set({"n": n})
+    db.document("jobfleet_orchestrations/o/jobs/a").set({"n": 1})
+    db.document("jobfleet_orchestrations/o/jobs/b").set({"n": 1})
+    db.document("jobfleet_orchestrations/o/jobs/b").delete()
+    assert eventually(lambda: tally_summary(relay.url, tally_id)["writes"] == 8, WAIT)
+    summary = tally_summary(relay.url, tally_id, stop=True)
+    hot.set({"n": 5})  # no longer counted
+
+    assert summary["kinds"] == {
+        "jobfleet_orchestrations/*/shards/*": {
+            "documents": 1, "writes": 5, "peak_1s": 5,
+            "peak_1s_document": "jobfleet_orchestrations/o/shards/0",
+            "sustained_per_s": 0.5,
+            "sustained_document": "jobfleet_orchestrations/o/shards/0",
+        },
+        "jobfleet_orchestrations/*/jobs/*": {
+            "documents": 2, "writes": 3, "peak_1s": 2,
+            "peak_1s_document": "jobfleet_orchestrations/o/jobs/b",
+            "sustained_per_s": 0.2,
+            "sustained_document": "jobfleet_orchestrations/o/jobs/b",
+        },
+    }
+    assert (summary["peak_1s"], summary["sustained_per_s"], summary["window"]) == (5, 0.5, 10.0)
+    assert relay.tally(tally_id) is None
+    assert eventually(lambda: routed.delivered == 5, WAIT)  # the route's own: 4 updates, 1 more
+    assert [e["document"] for e in function.received] == [
+        "jobfleet_orchestrations/o/shards/0"] * 5

@@ -893,6 +893,7 @@ class TestFaultRecoveryContract:
 
         first = store.claim(oid, 0, "next", limit=10, now=T0 + 1, lease=LEASE)
         assert indexes(first) == [0]  # isolated: alone, though ten were asked for
+        assert first[0].isolated  # so a worker writes its outcome before claiming more
         assert first[0].attempts == 1  # the lost worker's claim was given back
         store.record_outcomes(oid, [done(first[0])])
         assert indexes(store.claim(oid, 0, "next", limit=10, now=T0 + 2, lease=LEASE)) == [1]

@@ -15,7 +15,7 @@ from jobfleet.backends.local.store import SqliteStore
 from jobfleet.core.completion import (
     final_status,
     settle,
-    settle_after_instance,
+    settle_after_commit,
     settle_without_workers,
 )
 from jobfleet.core.models import (
@@ -278,25 +278,26 @@ def test_settle_without_workers_errors_what_a_lost_execution_left_unfinished_and
     assert (event.status, event.failed) == (Status.ERRORED, 4)
 
 
-def test_settle_after_instance_waits_for_the_shard_then_for_every_shard(
+def test_settle_after_commit_waits_for_the_shard_then_for_every_shard(
     store: SqliteStore, bus: LocalEventLog
 ) -> None:
     oid = create(store, 4, shards=2)  # shard 0: #0 #2, shard 1: #1 #3
     now = time.time()
 
-    def finish(shard: int, count: int) -> None:
+    def finish(shard: int, count: int) -> int:
+        """Commit `count` ends in `shard`; what the shard has left, as its counters say."""
         claimed = store.claim(oid, shard, f"w{shard}", limit=count, now=now, lease=30)
         store.record_outcomes(oid, [
             Outcome(c.job_id, c.index, c.owner, Status.COMPLETED, result=1) for c in claimed
         ])
+        return store.unfinished_count(oid, shard)
 
-    finish(0, 1)
-    assert settle_after_instance(store, bus, oid, 0) is None  # shard 0 still has #2
-    finish(0, 1)
-    snap = settle_after_instance(store, bus, oid, 0)  # shard 0 done, shard 1 not
+    assert settle_after_commit(store, bus, oid, finish(0, 1)) is None  # shard 0 still has #2
+    snap = settle_after_commit(store, bus, oid, finish(0, 1))  # shard 0 done, shard 1 not
     assert snap is not None and snap.status is Status.IN_PROGRESS
     assert events_of(bus, oid) == []
-    finish(1, 2)
-    snap = settle_after_instance(store, bus, oid, 1)
+    snap = settle_after_commit(store, bus, oid, finish(1, 2))
     assert snap is not None and snap.status is Status.COMPLETED
+    assert [e.succeeded for e in events_of(bus, oid)] == [4]
+    assert settle_after_commit(store, bus, oid, 0) == snap  # a duplicate delivery: no event
     assert [e.succeeded for e in events_of(bus, oid)] == [4]

@@ -10,6 +10,7 @@ from jobfleet.core.ports import EventBus, Launcher, LogReader, ScheduleTimer, St
 from jobfleet.errors import ConfigurationError, UnusableHome
 
 GCP_DEFAULT_PARALLELISM = 10
+GCP_COMMIT_SPACING = 1.0  # seconds; see Backend.commit_spacing
 GCP_EXTRA = 'the gcp backend needs the Google Cloud libraries: pip install "jobfleet[gcp]"'
 
 
@@ -24,6 +25,10 @@ class Backend:
     # Locally the worker announces completion itself; on Google Cloud the
     # Firestore-triggered function does, and workers only write their instances.
     worker_settles: bool = True
+    # The least time between two of a worker's commits of outcomes. On Google Cloud each
+    # such commit writes its shard's counter document, which Firestore sustains at about
+    # one write a second and whose every write invokes the completion function.
+    commit_spacing: float = 0.0
 
     def close(self) -> None:
         self.store.close()
@@ -114,4 +119,5 @@ def open_backend(settings: Settings) -> Backend:
         timer=CloudSchedulerTimer(settings),
         default_parallelism=default_parallelism(settings),
         worker_settles=False,
+        commit_spacing=GCP_COMMIT_SPACING,
     )

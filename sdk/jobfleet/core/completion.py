@@ -85,18 +85,18 @@ def settle(
     return snap
 
 
-def settle_after_instance(
-    store: Store, bus: EventBus, orchestration_id: str, shard: int,
+def settle_after_commit(
+    store: Store, bus: EventBus, orchestration_id: str, shard_unfinished: int,
     advance: Advance | None = None,
 ) -> OrchestrationSnapshot | None:
-    """After an instance of `shard` became terminal: settle once its shard is done.
+    """After a commit that ended instances of one shard, which left `shard_unfinished`
+    of that shard's instances unfinished: settle once the shard is done.
 
-    Only the write that finishes a shard can be the one that finishes the
-    orchestration, so the other writes cost one cheap look at their shard. When the
-    last two shards finish at once, each caller settles after its own write is
-    committed, so the later one sees every shard done.
+    Only a commit that finishes a shard can be the one that finishes the orchestration,
+    so the other commits cost nothing. When the last two shards finish at once, each
+    caller settles after its own commit, so the later one sees every shard done.
     """
-    if store.unfinished_count(orchestration_id, shard):
+    if shard_unfinished:
         return None
     return settle(store, bus, orchestration_id, advance)
 

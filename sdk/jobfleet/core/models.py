@@ -175,6 +175,9 @@ class ClaimedInstance:
     params: JsonObject
     attempts: int
     owner: str
+    # Claimed alone after a crash (core/recovery.py): its outcome is written before
+    # anything else is claimed, even by a worker that holds outcomes back (worker.py).
+    isolated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

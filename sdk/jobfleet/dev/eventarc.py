@@ -1,7 +1,7 @@
 """Firestore trigger events: what the emulator sends, what Eventarc sends, and sending it.
 
-Eventarc POSTs a `google.cloud.firestore.document.v1.written` CloudEvent in binary
-content mode: `ce-*` headers, `content-type: application/protobuf` and a
+Eventarc POSTs a `google.cloud.firestore.document.v1.updated` (or `.written`, ...)
+CloudEvent in binary content mode: `ce-*` headers, `content-type: application/protobuf` and a
 `DocumentEventData` body (the new document, the old one, and for an update the mask of
 changed fields). The Firestore emulator, given a trigger through its
 `/emulator/v1/projects/{p}/eventarcTrigger` API, POSTs nearly that to its
@@ -31,21 +31,25 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from jobfleet.errors import ConfigurationError
 
-WRITTEN = "google.cloud.firestore.document.v1.written"
+WRITTEN = "google.cloud.firestore.document.v1.written"  # creates, updates and deletes
+UPDATED = "google.cloud.firestore.document.v1.updated"  # updates only
 DATASCHEMA = (
     "https://github.com/googleapis/google-cloudevents/blob/main/"
     "proto/google/events/cloud/firestore/v1/data.proto"
 )
 DATABASE = "(default)"
 NAMESPACE = "(default)"
-JOB_DOCUMENTS = "jobfleet_orchestrations/{orchestration}/jobs/{job}"
+# The completion function's trigger: updates of the shard counters (cloud_function.py).
+SHARD_COUNTERS = "jobfleet_orchestrations/{orchestration}/shards/{shard}"
+EVERY_DOCUMENT = "{path=**}"
 NO_DOCUMENTS = "jobfleet_retired_triggers/{document}"
 DEFAULT_LOCATION = "us-central1"
 EMULATOR_TIMEOUT = 10.0
 POST_TIMEOUT = 30.0
 
 # The raw protobuf class: parsing and building it is several times faster than through
-# proto-plus, and a burst of 10,000 finishing instances is tens of thousands of events.
+# proto-plus, and a write tally (write_tally.py) of 10,000 instances sees tens of
+# thousands of events.
 EventDataPb: Any = DocumentEventData.pb()
 
 SIMPLE_FIELD = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
@@ -81,13 +85,14 @@ def rfc3339(when: dt.datetime) -> str:
 
 
 def cloud_event_headers(
-    project: str, path: str, when: dt.datetime, event_id: str, location: str
+    project: str, path: str, when: dt.datetime, event_id: str, location: str,
+    event_type: str = UPDATED,
 ) -> dict[str, str]:
     """The attributes Eventarc sets on a Firestore event, as binary-mode headers."""
     return {
         "ce-specversion": "1.0",
         "ce-id": event_id,
-        "ce-type": WRITTEN,
+        "ce-type": event_type,
         "ce-source": f"//firestore.googleapis.com/projects/{project}/databases/{DATABASE}",
         "ce-subject": f"documents/{path}",
         "ce-time": rfc3339(when),
@@ -107,6 +112,7 @@ def as_eventarc_sends(
     emulator_body: bytes,
     received: dt.datetime,
     location: str = DEFAULT_LOCATION,
+    event_type: str = UPDATED,
 ) -> FirestoreEvent:
     """The emulator's trigger request as Eventarc's; ValueError if it is not one.
 
@@ -126,14 +132,16 @@ def as_eventarc_sends(
     document = data.value if written else data.old_value
     path = document.name.partition("/documents/")[2]
     when = document.update_time.ToDatetime(tzinfo=dt.UTC) if written else received
-    headers = cloud_event_headers(project, path, when, event_id, location)
+    headers = cloud_event_headers(project, path, when, event_id, location, event_type)
     return FirestoreEvent(path, headers, data.SerializeToString())
 
 
 def register_trigger(
-    firestore_host: str, project: str, trigger_id: str, documents: str = JOB_DOCUMENTS
+    firestore_host: str, project: str, trigger_id: str, documents: str = SHARD_COUNTERS,
+    event_type: str = UPDATED,
 ) -> None:
-    """Have the emulator POST every write of the project's job documents as `trigger_id`.
+    """Have the emulator POST every change of `event_type` (by default: every update of the
+    project's shard counters) to the documents matching `documents` as `trigger_id`.
 
     The emulator has no call to remove a trigger; registering an id again replaces it,
     so `retire_trigger` points it at documents that jobfleet never writes.
@@ -143,7 +151,7 @@ def register_trigger(
         f"/eventarcTrigger?eventarcTriggerId={urllib.parse.quote(trigger_id, safe='')}"
     )
     trigger = {
-        "eventType": WRITTEN,
+        "eventType": event_type,
         "database": DATABASE,
         "namespace": NAMESPACE,
         "document": {"value": documents, "matchType": "PATH_PATTERN"},

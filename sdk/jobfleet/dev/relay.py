@@ -1,8 +1,9 @@
 """The trigger relay for dev and tests: the Firestore emulator's events as Eventarc sends them.
 
-In the cloud, Eventarc turns each write under `jobfleet_orchestrations/{id}/jobs/{job_id}`
-into a `google.cloud.firestore.document.v1.written` CloudEvent and POSTs it to the
-completion function. The Firestore emulator, started with `--functions_emulator=ADDRESS`,
+In the cloud, Eventarc turns each update of a shard counter document
+(`jobfleet_orchestrations/{id}/shards/{shard}`) into a
+`google.cloud.firestore.document.v1.updated` CloudEvent and POSTs it to the completion
+function. The Firestore emulator, started with `--functions_emulator=ADDRESS`,
 POSTs one request per write that matches a registered trigger to ADDRESS, with the old
 and new documents, whatever the number of documents in the database. This relay listens
 on ADDRESS, turns each request into the one Eventarc sends (see `jobfleet.dev.eventarc`)
@@ -11,8 +12,10 @@ several copies out of order, as Eventarc may.
 
 An emulator sends to one relay address, so a route added to any other relay never
 fires: other processes add routes to the running relay over HTTP (`POST /_relay/routes`,
-`add_route`); `GET /_relay/stats` has each route's counters. That HTTP surface and its
-client are in `jobfleet.dev.relay_http`.
+`add_route`); `GET /_relay/stats` has each route's counters. A write tally
+(`jobfleet.dev.write_tally`, `POST /_relay/tallies`) counts every write to every document
+of a project instead of relaying it: how benchmarks measure writes per document per
+second. That HTTP surface and its client are in `jobfleet.dev.relay_http`.
 
 Run it with `python -m jobfleet.dev.relay --port PORT --firestore HOST:PORT`.
 """
@@ -39,6 +42,8 @@ from typing import Any
 
 from jobfleet.dev.eventarc import (
     DEFAULT_LOCATION,
+    EVERY_DOCUMENT,
+    WRITTEN,
     FirestoreEvent,
     FunctionEndpoint,
     as_eventarc_sends,
@@ -46,6 +51,7 @@ from jobfleet.dev.eventarc import (
     retire_trigger,
 )
 from jobfleet.dev.relay_http import RelayServer
+from jobfleet.dev.write_tally import WriteTally
 from jobfleet.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -61,7 +67,8 @@ SHUFFLE_WINDOW = 0.05  # seconds over which the copies of a change are spread wh
 
 @dataclass(eq=False)
 class Route:
-    """An emulator trigger on one project's job documents, relayed to one function.
+    """An emulator trigger on one project's shard counters (updates), relayed to one
+    function: each counted event is one invocation, as on Google Cloud.
 
     `deliveries=3, shuffle=True` sends every event three times (same `ce-id`), the
     copies spread over the relay's shuffle window so that they interleave with other
@@ -128,6 +135,7 @@ class TriggerRelay:
         self._bind = (host, port)
         self._routes: dict[str, Route] = {}
         self._every_route: list[Route] = []  # removed ones too, for the totals
+        self._tallies: dict[str, WriteTally] = {}
         self._queue: queue.PriorityQueue[tuple[float, int, Delivery | None]] = (
             queue.PriorityQueue(max_pending)
         )
@@ -174,7 +182,7 @@ class TriggerRelay:
     def register(
         self, project: str, function_url: str, deliveries: int = 1, shuffle: bool = False
     ) -> Route:
-        """Relay every write of the project's job documents to the function, from now on."""
+        """Relay every update of the project's shard counters to the function, from now on."""
         if deliveries < 1:
             raise ConfigurationError("deliveries must be at least 1")
         if not project:
@@ -211,6 +219,35 @@ class TriggerRelay:
             endpoint.close()
         log.info("route %s removed: %d changes, %d delivered, %d failed",
                  route.trigger_id, route.changes, route.delivered, route.failed)
+
+    def start_tally(self, project: str, documents: str = EVERY_DOCUMENT) -> WriteTally:
+        """Count every write to the project's documents that match `documents` (a path
+        pattern; by default every document), from now on."""
+        if not project:
+            raise ConfigurationError("a tally needs a project")
+        tally = WriteTally(f"jobfleet-tally-{uuid.uuid4().hex[:16]}", project, documents)
+        with self._lock:
+            self._tallies[tally.trigger_id] = tally
+        try:
+            register_trigger(self.firestore_host, project, tally.trigger_id, documents, WRITTEN)
+        except BaseException:
+            with self._lock:
+                del self._tallies[tally.trigger_id]
+            raise
+        return tally
+
+    def tally(self, trigger_id: str) -> WriteTally | None:
+        with self._lock:
+            return self._tallies.get(trigger_id)
+
+    def stop_tally(self, tally: WriteTally) -> None:
+        """Stop counting; what was counted stays readable from `tally`."""
+        with self._lock:
+            self._tallies.pop(tally.trigger_id, None)
+        try:
+            retire_trigger(self.firestore_host, tally.project, tally.trigger_id)
+        except ConfigurationError as exc:
+            log.info("tally %s: %s", tally.trigger_id, exc)
 
     def route(self, trigger_id: str) -> Route | None:
         with self._lock:
@@ -275,6 +312,14 @@ class TriggerRelay:
     def receive(self, project: str, trigger_id: str, event_id: str, body: bytes) -> int:
         """One trigger request from the emulator, queued; the HTTP status to answer with."""
         received = dt.datetime.now(dt.UTC)
+        tally = self.tally(trigger_id)
+        if tally is not None and tally.project == project:
+            try:
+                tally.add(body)
+            except ValueError as exc:
+                log.warning("could not read the emulator's event %s: %s", event_id, exc)
+                return 400
+            return 200
         route = self.route(trigger_id)
         if route is None or route.project != project:
             with self._lock:

@@ -4,7 +4,9 @@ The relay (`jobfleet.dev.relay.TriggerRelay`) listens on one address for two kin
 request: the Firestore emulator's trigger requests
 (`POST /functions/projects/{project}/triggers/{trigger_id}`), and its own routes
 (`POST /_relay/routes`, `DELETE /_relay/routes/{trigger_id}`, `GET /_relay/stats`),
-which other processes reach through `add_route` and `remove_route`.
+which other processes reach through `add_route` and `remove_route`, and its write tallies
+(`POST /_relay/tallies`, `GET` or `DELETE /_relay/tallies/{trigger_id}`: `start_tally`,
+`tally_summary`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from jobfleet.dev.eventarc import EMULATOR_TIMEOUT, POST_TIMEOUT
+from jobfleet.dev.eventarc import EMULATOR_TIMEOUT, EVERY_DOCUMENT, POST_TIMEOUT
 from jobfleet.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("jobfleet.dev.relay")
 
 ROUTE_TIMEOUT = EMULATOR_TIMEOUT + 5.0
+TALLIES = "/_relay/tallies/"
 TRIGGER_PATH = re.compile(r"/functions/projects/([^/]+)/triggers/([^/?]+)")
 
 
@@ -84,6 +87,8 @@ class RelayHandler(BaseHTTPRequestHandler):
             self._reply(relay.receive(project, trigger_id, event_id, body))
         elif path == "/_relay/routes":
             self._add_route(relay, body)
+        elif path == "/_relay/tallies":
+            self._start_tally(relay, body)
         else:
             self._reply(404, {"error": f"no {path}"})
 
@@ -91,6 +96,12 @@ class RelayHandler(BaseHTTPRequestHandler):
         path = urllib.parse.urlsplit(self.path).path
         if path == "/_relay/stats":
             self._reply(200, self.server.relay.stats())
+        elif path.startswith(TALLIES):
+            tally = self.server.relay.tally(path.removeprefix(TALLIES))
+            if tally is None:
+                self._reply(404, {"error": f"no tally {path.removeprefix(TALLIES)}"})
+            else:
+                self._reply(200, tally.summary())
         elif path == "/":
             self._reply(200)
         else:
@@ -98,7 +109,16 @@ class RelayHandler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         relay = self.server.relay
-        trigger_id = urllib.parse.urlsplit(self.path).path.removeprefix("/_relay/routes/")
+        path = urllib.parse.urlsplit(self.path).path
+        if path.startswith(TALLIES):
+            tally = relay.tally(path.removeprefix(TALLIES))
+            if tally is None:
+                self._reply(404, {"error": f"no tally {path.removeprefix(TALLIES)}"})
+                return
+            relay.stop_tally(tally)
+            self._reply(200, tally.summary())
+            return
+        trigger_id = path.removeprefix("/_relay/routes/")
         route = relay.route(trigger_id)
         if route is None:
             self._reply(404, {"error": f"no route {trigger_id}"})
@@ -120,6 +140,20 @@ class RelayHandler(BaseHTTPRequestHandler):
             self._reply(502, {"error": str(exc)})
         else:
             self._reply(201, route.stats())
+
+    def _start_tally(self, relay: TriggerRelay, body: bytes) -> None:
+        try:
+            asked = json.loads(body or b"{}")
+            tally = relay.start_tally(
+                str(asked["project"]), str(asked.get("documents", EVERY_DOCUMENT))
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            self._reply(400, {"error": f"a tally is JSON with project (and documents, a "
+                                       f"path pattern): {exc!r}"})
+        except ConfigurationError as exc:
+            self._reply(502, {"error": str(exc)})
+        else:
+            self._reply(201, tally.summary())
 
     def _reply(self, status: int, payload: object = None) -> None:
         body = b"" if payload is None else json.dumps(payload).encode()
@@ -165,3 +199,31 @@ def remove_route(relay_url: str, trigger_id: str) -> None:
             reply.read()
     except OSError:
         pass
+
+
+def start_tally(relay_url: str, project: str, documents: str = EVERY_DOCUMENT) -> str:
+    """Start counting every write to the project's documents that match `documents`;
+    the tally's id."""
+    request = urllib.request.Request(
+        f"{relay_url.rstrip('/')}/_relay/tallies",
+        data=json.dumps({"project": project, "documents": documents}).encode(),
+        method="POST", headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=ROUTE_TIMEOUT) as reply:
+            return str(json.load(reply)["trigger_id"])
+    except urllib.error.HTTPError as exc:
+        raise ConfigurationError(f"the relay at {relay_url} refused the tally: "
+                                 f"{exc.read().decode(errors='replace')[:500]}") from exc
+    except OSError as exc:
+        raise ConfigurationError(f"no trigger relay answers at {relay_url}: {exc}") from exc
+
+
+def tally_summary(relay_url: str, trigger_id: str, *, stop: bool = False) -> dict[str, Any]:
+    """What a tally counted (`WriteTally.summary`); with `stop`, it counts no more."""
+    request = urllib.request.Request(
+        f"{relay_url.rstrip('/')}{TALLIES}{trigger_id}", method="DELETE" if stop else "GET"
+    )
+    with urllib.request.urlopen(request, timeout=ROUTE_TIMEOUT) as reply:
+        summary: dict[str, Any] = json.load(reply)
+    return summary

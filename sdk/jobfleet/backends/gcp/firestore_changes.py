@@ -2,7 +2,9 @@
 
 `watch()` and the API's server-sent events wait on these. A listener per watched
 orchestration, on its document and on its shard counters (which change with every
-instance that moves); the store's own writes bump the token at once.
+commit that ends instances); the store's own writes bump the token at once. A claim in
+another process writes no counter and moves no token: `watch` sees it when it re-reads,
+every second, rather than pay a listener read per instance claimed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ LISTEN_IDLE = 300.0  # seconds unasked after which an orchestration's listeners 
 
 class OrchestrationListener:
     """The two listeners of one orchestration: on its document, and on its shard counters,
-    which change with every instance that moves."""
+    which change with every commit that ends instances."""
 
     def __init__(self, ref: firestore.DocumentReference, on_change: Callable[[], None]) -> None:
         self._ready = [threading.Event(), threading.Event()]

@@ -2,16 +2,20 @@
 
     jobfleet_orchestrations/{orchestration_id}                written at kick-off and at the end
     jobfleet_orchestrations/{orchestration_id}/jobs/{job_id}   one per job instance
-    jobfleet_orchestrations/{orchestration_id}/shards/{shard}  counters of a shard's instances
+    jobfleet_orchestrations/{orchestration_id}/shards/{shard}  counters of a shard's ended instances
     jobfleet_leases/{owner hash}                               a worker's heartbeat
     jobfleet_schedules/{name}[/fires/{scheduled_at}]          schedules (firestore_schedules.py)
     jobfleet_webhooks/{hash of orchestration, url}            deliveries (firestore_webhooks.py)
 
 Firestore sustains about one write per second per document, so no document is written
 once per job instance: an orchestration's counts live in its shards' counter documents,
-changed with `Increment` in the same commit as the instances that move, and summed on
-read. Job documents also carry `orchestration_id` and `job_name` for collection-group
-queries. infra/firestore.indexes.json holds the composite indexes the queries need.
+changed with `Increment` in the same commit as the instances that end, and summed on
+read. Only ends are counted there (a claim or a retry writes no counter), and a worker
+commits its ends at most once a second (`Backend.commit_spacing`), so a counter is
+written about once a second at most, and each write is one event for the completion
+function (cloud_function.py), whose trigger is on these documents. Job documents also
+carry `orchestration_id` and `job_name` for collection-group queries.
+infra/firestore.indexes.json holds the composite indexes the queries need.
 """
 
 from __future__ import annotations
@@ -57,9 +61,10 @@ COMMITS_IN_FLIGHT = 4  # batched commits sent at once while a kick-off streams
 PENDING, IN_PROGRESS = Status.PENDING.value, Status.IN_PROGRESS.value
 UNFINISHED = in_order(states.UNFINISHED)  # what a cancel or a failed shard ends (`sources`)
 TERMINAL = in_order(models.TERMINAL)
-# The shard counter an instance in a status counts towards (Pending is what is left).
+# The shard counter an instance in a status counts towards. Pending and InProgress have
+# none: a claim writes no counter (InProgress is counted from the instances, Pending is
+# what is left), so that the counters are written only by commits that end instances.
 COUNTER = {
-    IN_PROGRESS: "in_progress",
     Status.COMPLETED.value: "succeeded",
     Status.ERRORED.value: "failed",
     Status.CANCELLED.value: "cancelled",
@@ -241,7 +246,8 @@ def orchestration_snapshot(doc: Snapshot, sums: dict[str, int]) -> Orchestration
 
 def claimed_instance(doc: Snapshot, owner: str, attempts: int) -> ClaimedInstance:
     return ClaimedInstance(
-        doc.id, int(doc.get("index")), json.loads(doc.get("params")), attempts, owner
+        doc.id, int(doc.get("index")), json.loads(doc.get("params")), attempts, owner,
+        isolated=bool(doc.get("isolated")),
     )
 
 

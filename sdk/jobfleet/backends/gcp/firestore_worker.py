@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import json
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,7 @@ from jobfleet.errors import JobfleetError
 
 CHUNK = 400  # instances changed per transaction, leaving room for the shard counters
 CONFLICT_ATTEMPTS = 50
+HELD_COUNT_SECONDS = 2.0  # how long a count of InProgress instances is reused
 LEASE_RECORD = timedelta(days=7)  # then a TTL policy deletes the lease document
 # The order in which SQLite applies one call's outcomes (it matters for duplicates).
 OUTCOME_ORDER = {Status.COMPLETED: 0, Status.ERRORED: 1, Status.PENDING: 2}
@@ -70,6 +72,36 @@ def aggregate(aggregation: Any) -> dict[str, int]:
     return {r.alias: int(r.value) for r in results}
 
 
+class HeldCounts:
+    """How many instances of an orchestration are InProgress: a count query, reused for
+    HELD_COUNT_SECONDS. It only shows (no decision reads it), and a watcher re-reads the
+    orchestration every second and at every end: on the emulator, where a count scans
+    every instance, counting each time was a fifth of its work in a 10,000-instance run."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, tuple[float, int]] = {}
+
+    def forget(self, orchestration_id: str) -> None:
+        with self._lock:
+            self._counts.pop(orchestration_id, None)
+
+    def get(self, ref: firestore.DocumentReference) -> int:
+        now = time.monotonic()
+        with self._lock:
+            counted = self._counts.get(ref.id)
+        if counted is not None and now - counted[0] < HELD_COUNT_SECONDS:
+            return counted[1]
+        held: Any = ref.collection(JOBS).where(filter=field_filter("status", "==", IN_PROGRESS))
+        count = aggregate(held.count(alias="in_progress"))["in_progress"]
+        with self._lock:
+            self._counts = {
+                oid: c for oid, c in self._counts.items() if now - c[0] < HELD_COUNT_SECONDS
+            }
+            self._counts[ref.id] = (now, count)
+        return count
+
+
 class FirestoreWorkerSide:
     """The operations a worker makes, on the client and collections `FirestoreStore`
     opens. Safe to share between threads: the client is, and every operation runs in a
@@ -79,9 +111,16 @@ class FirestoreWorkerSide:
     _orchestrations: firestore.CollectionReference
     _leases: firestore.CollectionReference
     _changes: ChangeFeed
+    _held_counts: HeldCounts | None = None  # made on first use
 
     def _ref(self, orchestration_id: str) -> firestore.DocumentReference:
         return self._orchestrations.document(orchestration_id)
+
+    def _moved(self, orchestration_id: str) -> None:
+        """After this store moved instances: wake its watchers, count InProgress afresh."""
+        if self._held_counts is not None:
+            self._held_counts.forget(orchestration_id)
+        self._changes.bump(orchestration_id)
 
     def _transact(self, work: Callable[[firestore.Transaction], T]) -> T:
         """Run `work` in a transaction. The client retries a commit that lost a lock; a read
@@ -98,11 +137,20 @@ class FirestoreWorkerSide:
 
     def _shard_sums(self, ref: firestore.DocumentReference) -> dict[str, int]:
         """One aggregation over the shard counters (a read per 1,000 shards), not a read of
-        every counter document."""
+        every counter document, then, unless every instance has ended, one count of the
+        instances InProgress (claims write no counter). The two are read one after the
+        other, so while instances end the InProgress count may be off by those; the ended
+        counts, which decide completion, are exact."""
         query: Any = ref.collection(SHARDS).sum("total", alias="total")
         for name in COUNTER.values():
             query = query.sum(name, alias=name)
-        return aggregate(query)
+        sums = aggregate(query)
+        sums["in_progress"] = 0
+        if unfinished_in(sums):
+            if self._held_counts is None:
+                self._held_counts = HeldCounts()
+            sums["in_progress"] = self._held_counts.get(ref)
+        return sums
 
     # -- the worker's side ----------------------------------------------------------------
 
@@ -114,7 +162,9 @@ class FirestoreWorkerSide:
         its queue, and read locks held until commit make them wait on each other (on the
         emulator, a lock timeout of two seconds per collision). Each instance is written on
         condition that it is unchanged since it was read, so a loser fails at once and
-        reads again; the commit is atomic, counters included."""
+        reads again. A claim writes no shard counter: they count ended instances only, so
+        that only commits that end instances write them (and trigger the completion
+        function)."""
         ref = self._ref(orchestration_id)
         for _ in range(CONFLICT_ATTEMPTS):
             ready = self._ready(ref, shard, now, min(limit, CHUNK), job_id)
@@ -123,7 +173,6 @@ class FirestoreWorkerSide:
             if not ready:
                 return []
             writes = self._client.batch()
-            counters = ShardCounters()
             claimed = []
             for doc in ready:
                 attempts = int(doc.get("attempts")) + 1
@@ -133,16 +182,14 @@ class FirestoreWorkerSide:
                      "lease_until": now + lease, "started_at": now, "changed": now},
                     option=self._client.write_option(last_update_time=doc.update_time),
                 )
-                counters.move(int(doc.get("shard")), PENDING, IN_PROGRESS)
                 claimed.append(claimed_instance(doc, owner, attempts))
-            counters.write(writes, ref)
             try:
                 writes.commit()
             except (exceptions.FailedPrecondition, exceptions.Aborted):
                 if not self._landed(ready, owner, now):
                     pause_after_race()
                     continue
-            self._changes.bump(orchestration_id)
+            self._moved(orchestration_id)
             return sorted(claimed, key=lambda c: c.index)
         raise JobfleetError(
             f"could not claim instances of orchestration {orchestration_id}, shard {shard}: "
@@ -232,7 +279,7 @@ class FirestoreWorkerSide:
             for chunk in in_chunks(ordered, CHUNK)
         )
         if applied:
-            self._changes.bump(orchestration_id)
+            self._moved(orchestration_id)
         return applied
 
     def _apply_outcomes(
@@ -281,7 +328,7 @@ class FirestoreWorkerSide:
             for chunk in in_chunks(unfinished, CHUNK)
         )
         if failed:
-            self._changes.bump(orchestration_id)
+            self._moved(orchestration_id)
         return failed
 
     def _unfinished_refs(

@@ -246,11 +246,14 @@ class SqliteStore(SqliteSchedules, SqliteWebhooks):
                 f"UPDATE jobs SET status = {IN_PROGRESS}, attempts = attempts + 1, owner = ?,"
                 f" lease_until = ?, started_at = ?, changed = {STAMP}"
                 f" WHERE rowid IN ({', '.join('?' * len(chosen))})"
-                " RETURNING job_id, idx, params, attempts",
+                " RETURNING job_id, idx, params, attempts, isolated",
                 (owner, now + lease, now, orchestration_id, *chosen),
             ).fetchall()
         rows.sort(key=lambda r: r[1])
-        return [ClaimedInstance(r[0], r[1], json.loads(r[2]), r[3], owner) for r in rows]
+        return [
+            ClaimedInstance(r[0], r[1], json.loads(r[2]), r[3], owner, isolated=bool(r[4]))
+            for r in rows
+        ]
 
     def heartbeat(self, owner: str, *, now: float, lease: float) -> int:
         """The owner's lease file first (lease_files.py), then the rows it holds."""
