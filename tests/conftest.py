@@ -199,7 +199,7 @@ class Server:
 
 class ServerFactory(Protocol):
     def __call__(self, *, token: str | None = None, env: dict[str, str] | None = None,
-                 args: Sequence[str] = ()) -> Server:
+                 args: Sequence[str] = (), scheduler: bool = False) -> Server:
         ...
 
 
@@ -207,13 +207,14 @@ class ServerFactory(Protocol):
 def serve(home: Path, tmp_path: Path) -> Iterator[ServerFactory]:
     """Start `jobfleet serve` (against the test's home, or `env`'s backend; `args` added to
     its command line) and wait until /healthz answers; every server is stopped at the end
-    of the test."""
+    of the test. Its local scheduler (which also sweeps every minute) runs only with
+    `scheduler=True`, so that no sweep races a test that sweeps."""
     from jobfleet.dev.emulators import free_port
 
     started: list[Server] = []
 
     def start(*, token: str | None = None, env: dict[str, str] | None = None,
-              args: Sequence[str] = ()) -> Server:
+              args: Sequence[str] = (), scheduler: bool = False) -> Server:
         port = free_port()
         log = tmp_path / f"serve-{port}.log"
         environment = {**os.environ, **(env or {})}
@@ -222,7 +223,8 @@ def serve(home: Path, tmp_path: Path) -> Iterator[ServerFactory]:
             environment["JOBFLEET_API_TOKEN"] = token
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "jobfleet", "serve", "--port", str(port), *args],
+                [sys.executable, "-m", "jobfleet", "serve", "--port", str(port), *args,
+                 *([] if scheduler else ["--no-scheduler"])],
                 env=environment, stdout=out, stderr=subprocess.STDOUT,
             )
         server = Server(f"http://127.0.0.1:{port}", token, process, log)

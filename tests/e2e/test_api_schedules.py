@@ -307,7 +307,7 @@ def test_trigger_starts_a_run_now_even_when_paused(server: Server) -> None:
 def test_serve_fires_schedules_on_time_unless_told_not_to(
     serve: ServerFactory, tmp_path: Path
 ) -> None:
-    firing = serve(token=TOKEN)
+    firing = serve(token=TOKEN, scheduler=True)
     idle = serve(token=TOKEN, args=NO_SCHEDULER, env={"JOBFLEET_HOME": str(tmp_path / "idle")})
     for server in (firing, idle):
         create(server, "minutely", cron="* * * * *")
