@@ -148,6 +148,9 @@ def test_events_follow_prints_each_completion_as_it_happens(cli: Cli, tmp_path: 
     follower = subprocess.Popen(
         [sys.executable, "-m", "jobfleet", "events", "--follow", "--json"],
         stdout=subprocess.PIPE, text=True,
+        # Ctrl-C as from a terminal, even when the test run itself was started in the
+        # background (a shell's `&` leaves SIGINT ignored, and children inherit that).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         params = write(tmp_path / "p.json", [{"n": 1}])
