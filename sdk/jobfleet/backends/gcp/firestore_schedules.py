@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
 
 from google.api_core import exceptions
 from google.cloud import firestore
 
+from jobfleet.backends.gcp.firestore_conditional import Write, write_unless_changed
 from jobfleet.backends.gcp.firestore_documents import Snapshot
-from jobfleet.backends.gcp.firestore_worker import CONFLICT_ATTEMPTS, pause_after_race
 from jobfleet.core.models import JsonObject
 from jobfleet.core.schedules import Fire, Schedule, claimed_fire, may_claim, may_finish
-from jobfleet.errors import InvalidSchedule, JobfleetError, ScheduleExists, UnknownSchedule
+from jobfleet.errors import InvalidSchedule, ScheduleExists, UnknownSchedule
 
 SCHEDULES = "jobfleet_schedules"
 FIRES = "fires"
@@ -114,10 +113,9 @@ class FirestoreSchedules:
         then refuses it the winner's claim. The `claimant` token recognises a claim of
         ours that landed although its answer was lost (the client retries a commit, and
         the retry fails on the first try's write)."""
-        ref = self._fire_ref(fire.schedule, fire.scheduled_at)
         token = uuid.uuid4().hex
-        for _ in range(CONFLICT_ATTEMPTS):
-            doc = ref.get()
+
+        def decide(doc: Snapshot, raced: bool) -> tuple[bool, Fire] | Write:
             existing = fire_from(doc)
             if existing is not None and (doc.to_dict() or {}).get("claimant") == token:
                 return True, existing
@@ -125,48 +123,32 @@ class FirestoreSchedules:
                 assert existing is not None
                 return False, existing
             claimed = claimed_fire(fire, existing)
-            data = {**claimed.to_json(), "claimant": token}
-            try:
-                if existing is None:
-                    ref.create(data)
-                else:
-                    ref.update(data, option=self._unchanged(doc))
-            except (exceptions.Conflict, exceptions.FailedPrecondition):
-                pause_after_race()
-                continue
-            return True, claimed
-        raise JobfleetError(
-            f"could not claim schedule {fire.schedule!r} at {fire.scheduled_at}: its fire "
-            f"changed {CONFLICT_ATTEMPTS} times in a row while being read; try again"
+            return Write({**claimed.to_json(), "claimant": token}, (True, claimed),
+                         create=existing is None)
+
+        answer: tuple[bool, Fire] = write_unless_changed(
+            self._client, self._fire_ref(fire.schedule, fire.scheduled_at), decide,
+            what=f"claim schedule {fire.schedule!r} at {fire.scheduled_at}",
         )
+        return answer
 
     def finish_fire(self, fire: Fire) -> bool:
         """Conditional as a claim is; an outcome found already written after a lost race
         is ours, since only the holder of `fire.attempt` writes one with that attempt."""
-        ref = self._fire_ref(fire.schedule, fire.scheduled_at)
-        raced = False
-        for _ in range(CONFLICT_ATTEMPTS):
-            doc = ref.get()
+
+        def decide(doc: Snapshot, raced: bool) -> bool | Write:
             existing = fire_from(doc)
             if raced and existing == fire:
                 return True
             if not may_finish(existing, fire):
                 return False
-            try:
-                ref.update(fire.to_json(), option=self._unchanged(doc))
-            except (exceptions.Conflict, exceptions.FailedPrecondition):
-                raced = True
-                pause_after_race()
-                continue
-            return True
-        raise JobfleetError(
-            f"could not record the fire of schedule {fire.schedule!r} at "
-            f"{fire.scheduled_at}: it changed {CONFLICT_ATTEMPTS} times in a row while "
-            "being read; try again"
-        )
+            return Write(fire.to_json(), True)
 
-    def _unchanged(self, doc: Snapshot) -> Any:
-        return self._client.write_option(last_update_time=doc.update_time)
+        done: bool = write_unless_changed(
+            self._client, self._fire_ref(fire.schedule, fire.scheduled_at), decide,
+            what=f"record the fire of schedule {fire.schedule!r} at {fire.scheduled_at}",
+        )
+        return done
 
     def get_fire(self, schedule: str, scheduled_at: float) -> Fire | None:
         return fire_from(self._fire_ref(schedule, scheduled_at).get())

@@ -13,15 +13,14 @@ the document is unchanged since it was read, as a fire's claim is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from google.api_core import exceptions
 from google.cloud import firestore
 
+from jobfleet.backends.gcp.firestore_conditional import Write, write_unless_changed
 from jobfleet.backends.gcp.firestore_documents import Snapshot
-from jobfleet.backends.gcp.firestore_worker import CONFLICT_ATTEMPTS, field_filter, pause_after_race
+from jobfleet.backends.gcp.firestore_worker import field_filter
 from jobfleet.core.webhooks import WebhookDelivery, claimed, delivery_key, may_claim
-from jobfleet.errors import JobfleetError
 
 WEBHOOKS = "jobfleet_webhooks"
 
@@ -64,48 +63,34 @@ class FirestoreWebhooks:
     def claim_webhook_delivery(
         self, orchestration_id: str, url: str, *, now: float, hold: float, claimant: str
     ) -> WebhookDelivery | None:
-        ref = self._webhooks.document(delivery_key(orchestration_id, url))
-        for _ in range(CONFLICT_ATTEMPTS):
-            doc = ref.get()
+        def decide(doc: Snapshot, raced: bool) -> WebhookDelivery | Write | None:
             found = delivery_from(doc)
             if found is not None and found.claimant == claimant:
                 return found  # our write landed although its answer was lost
             if found is None or not may_claim(found, now):
                 return None
             held = claimed(found, now=now, hold=hold, claimant=claimant)
-            try:
-                ref.update(held.to_json(), option=self._unchanged_since(doc))
-            except (exceptions.Conflict, exceptions.FailedPrecondition):
-                pause_after_race()
-                continue
-            return held
-        raise JobfleetError(
-            f"could not claim the webhook delivery of orchestration {orchestration_id} to "
-            f"{url}: it changed {CONFLICT_ATTEMPTS} times in a row while being read"
+            return Write(held.to_json(), held)
+
+        answer: WebhookDelivery | None = write_unless_changed(
+            self._client, self._webhooks.document(delivery_key(orchestration_id, url)),
+            decide, what=f"claim the webhook delivery of orchestration {orchestration_id} "
+                         f"to {url}",
         )
+        return answer
 
     def record_webhook_attempt(self, delivery: WebhookDelivery, claimant: str) -> bool:
-        ref = self._webhooks.document(delivery.key)
-        raced = False
-        for _ in range(CONFLICT_ATTEMPTS):
-            doc = ref.get()
+        def decide(doc: Snapshot, raced: bool) -> bool | Write:
             found = delivery_from(doc)
             if raced and found == delivery:
                 return True  # our write landed although its answer was lost
             if found is None or found.claimant != claimant:
                 return False
-            try:
-                ref.update(delivery.to_json(), option=self._unchanged_since(doc))
-            except (exceptions.Conflict, exceptions.FailedPrecondition):
-                raced = True
-                pause_after_race()
-                continue
-            return True
-        raise JobfleetError(
-            f"could not record the webhook attempt of orchestration "
-            f"{delivery.orchestration_id} to {delivery.url}: it changed "
-            f"{CONFLICT_ATTEMPTS} times in a row while being read"
-        )
+            return Write(delivery.to_json(), True)
 
-    def _unchanged_since(self, doc: Snapshot) -> Any:
-        return self._client.write_option(last_update_time=doc.update_time)
+        done: bool = write_unless_changed(
+            self._client, self._webhooks.document(delivery.key), decide,
+            what=f"record the webhook attempt of orchestration {delivery.orchestration_id} "
+                 f"to {delivery.url}",
+        )
+        return done
