@@ -12,6 +12,7 @@ from jobfleet.core.models import (
 )
 from jobfleet.core.pipeline import Stage, StageResults, When
 from jobfleet.core.registry import job
+from jobfleet.core.resources import Resources
 from jobfleet.core.schedules import CatchUp, Overlap, Schedule, params_provider, schedule
 from jobfleet.errors import (
     InvalidOption,
@@ -42,6 +43,7 @@ __all__ = [
     "Orchestration",
     "OrchestrationSnapshot",
     "Overlap",
+    "Resources",
     "Schedule",
     "Stage",
     "StageResults",

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from jobfleet.core.resources import Resources
 from jobfleet.errors import ConfigurationError, JobNotImportable, UnknownJob
 
 T = TypeVar("T")
@@ -35,6 +36,7 @@ class JobDefinition:
     source: str = ""  # module name, or a file path for a script's jobs
     importable: bool = True  # False when declared where no worker can import it
     webhooks: tuple[str, ...] = ()  # the default when a kick-off names none
+    resources: Resources | None = None  # None: the base worker class
     _params_type: Any = field(default=None, repr=False)
     _resolved: bool = field(default=False, repr=False)
 
@@ -84,11 +86,13 @@ def job(
     backoff: float = DEFAULT_BACKOFF,
     timeout: float | None = None,
     webhooks: Iterable[str] = (),
+    resources: Resources | None = None,
 ) -> Callable[[T], T]:
     """Register a class with a `run(self, params)` method, or a function of `params`.
 
     `webhooks` receive the completion event of each kick-off that names none (checked
-    at kick-off, where the settings that allow URLs are known)."""
+    at kick-off, where the settings that allow URLs are known). `resources` is the
+    machine its tasks need (core/resources.py); None runs them on the base worker."""
     if not name or not isinstance(name, str):
         raise ValueError("a job needs a non-empty string name")
     if retries < 0 or backoff < 0 or (timeout is not None and timeout <= 0):
@@ -96,6 +100,16 @@ def job(
     hooks = (webhooks,) if isinstance(webhooks, str) else tuple(webhooks)
     if isinstance(webhooks, str) or not all(isinstance(u, str) for u in hooks):
         raise ValueError("webhooks is a list of URL strings")
+    if resources is not None and not isinstance(resources, Resources):
+        raise ValueError("resources is a jobfleet.Resources(cpu=, memory=, task_timeout=, ...)")
+    if resources is not None and timeout is not None and (
+        timeout > resources.task_timeout_seconds
+    ):
+        raise ValueError(
+            f"job {name!r}: its attempt timeout ({timeout:g} s) is longer than its task"
+            f" timeout ({resources.task_timeout_seconds} s); Cloud Run would stop the task"
+            " first"
+        )
 
     def register(target: T) -> T:
         if inspect.isclass(target) and not callable(getattr(target, "run", None)):
@@ -105,7 +119,7 @@ def job(
         source, importable = declared_in(target)
         _REGISTRY[name] = JobDefinition(
             name=name, target=target, retries=retries, backoff=backoff, timeout=timeout,
-            source=source, importable=importable, webhooks=hooks,
+            source=source, importable=importable, webhooks=hooks, resources=resources,
         )
         return target
 
