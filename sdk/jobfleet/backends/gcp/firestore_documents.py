@@ -25,6 +25,7 @@ import hashlib
 import json
 from collections import Counter, defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.cloud import firestore
@@ -146,9 +147,19 @@ class BatchedWrites:
 
 # -- writing --------------------------------------------------------------------------------
 
+DEFAULT_RETENTION = timedelta(days=30)
+EXPIRE_AT = "expire_at"  # the field the TTL policies (infra/) delete documents by
 
-def new_orchestration(o: NewOrchestration, *, total: int) -> JsonObject:
+
+def expire_at(since: float, retention: timedelta) -> datetime:
+    """When Firestore's TTL may delete a document of history started at `since`: all the
+    documents of one orchestration share it, so that they go together."""
+    return datetime.fromtimestamp(since, UTC) + retention
+
+
+def new_orchestration(o: NewOrchestration, *, total: int, expires: datetime) -> JsonObject:
     return {
+        EXPIRE_AT: expires,
         "job_name": o.job_name,
         "status": IN_PROGRESS,
         "total": total,
@@ -178,8 +189,8 @@ def tag_pair(key: str, value: str) -> str:
     return f"{key}={value}"
 
 
-def new_shard(total: int) -> JsonObject:
-    return {"total": total, **dict.fromkeys(COUNTER.values(), 0)}
+def new_shard(total: int, expires: datetime) -> JsonObject:
+    return {"total": total, **dict.fromkeys(COUNTER.values(), 0), EXPIRE_AT: expires}
 
 
 def unfinished_in(counters: JsonObject) -> int:
@@ -188,10 +199,11 @@ def unfinished_in(counters: JsonObject) -> int:
     return int(counters.get("total", 0)) - done
 
 
-def new_job(o: NewOrchestration, instance: NewInstance) -> JsonObject:
+def new_job(o: NewOrchestration, instance: NewInstance, expires: datetime) -> JsonObject:
     """Params and results are JSON text, as in SQLite: Firestore holds no nested arrays
     and does not keep a map's key order."""
     return {
+        EXPIRE_AT: expires,
         "index": instance.index,
         "shard": instance.shard,
         "params": json.dumps(instance.params),
