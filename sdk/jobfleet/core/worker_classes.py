@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobfleet.core.registry import JobDefinition
+from jobfleet.core.registry import JobDefinition, get_job, import_jobs, known_jobs
 from jobfleet.core.resources import Resources
 from jobfleet.errors import ConfigurationError
 
@@ -76,6 +76,17 @@ def worker_classes(definitions: Iterable[JobDefinition]) -> list[WorkerClass]:
         found.setdefault(name, definition.resources)
         jobs.setdefault(name, []).append(definition.name)
     return [WorkerClass(found[name], tuple(sorted(jobs[name]))) for name in sorted(found)]
+
+
+def classes_of_modules(modules: Iterable[str]) -> list[WorkerClass]:
+    """The classes of every job registered once `modules` are imported: what the
+    deployment's processes, which import the same modules, will launch on."""
+    import_jobs(modules)
+    return worker_classes(get_job(name) for name in known_jobs())
+
+
+def write_tfvars(path: Path, classes: Iterable[WorkerClass]) -> None:
+    path.write_text(json.dumps(tfvars(classes), indent=2) + "\n")
 
 
 def tfvars(classes: Iterable[WorkerClass]) -> dict[str, Any]:

@@ -168,7 +168,7 @@ class CloudRunLauncher:
                 request=request, retry=ADMIN_API_RETRY, timeout=CALL_TIMEOUT_SECONDS
             )
         except (NotFound, PermissionDenied) as exc:
-            raise _missing(target, exc.message) from exc
+            raise _missing(target, exc.message, self.settings.cloud_run_endpoint) from exc
         execution = operation.metadata
         if not isinstance(execution, run_v2.Execution) or not execution.name:
             raise JobfleetError(
@@ -207,8 +207,10 @@ class CloudRunLauncher:
         return False
 
 
-def _missing(target: Target, why: str) -> ConfigurationError:
+def _missing(target: Target, why: str, endpoint: str | None) -> ConfigurationError:
     """What to do about a Cloud Run job that is not there (or not ours to run)."""
+    dev = (" (with `jobfleet dev up`: restart it with JOBFLEET_JOBS naming the job's module,"
+           " and it serves the classes of that module)") if endpoint else ""
     if target.resources is None:
         return ConfigurationError(
             f"cannot run the Cloud Run job {target.job} ({why}); deploy it (its"
@@ -218,7 +220,7 @@ def _missing(target: Target, why: str) -> ConfigurationError:
     return ConfigurationError(
         f"cannot run the Cloud Run job {target.job} of worker class"
         f" {target.resources.class_name}, which job {target.job_name!r} declares ({why}); the"
-        f" class is new or its job was not created: {HOW_TO_CREATE}"
+        f" class is new or its job was not created: {HOW_TO_CREATE}{dev}"
     )
 
 
