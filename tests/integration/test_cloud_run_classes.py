@@ -231,6 +231,20 @@ def test_a_class_whose_cloud_run_job_does_not_exist_fails_the_launch_naming_the_
         assert part in message
 
 
+def test_a_job_this_process_does_not_know_runs_on_the_base_job_with_a_warning(
+    home: Path, jobs_script: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sweep in a process whose JOBFLEET_JOBS lacks the job's module: its workers get
+    to run it (or fail it with their own "unknown job"), rather than nothing at all."""
+    new = NewOrchestration(str(uuid.uuid4()), "declared_elsewhere",
+                           RunOptions(0, 0.0, None, 1), {}, 0.0)
+    with standin([], run_tasks=False) as cloud_run:
+        CloudRunLauncher(settings_for(home, cloud_run.url)).launch(new, 1, [])
+        [run] = cloud_run.executions
+    assert (run.job, run.timeout_override) == (JOB, None)
+    assert "'declared_elsewhere' is not registered in this process" in caplog.text
+
+
 def test_a_task_past_its_task_timeout_is_stopped_as_cloud_run_does(
     home: Path, store: SqliteStore, jobs_script: Path, tmp_path: Path
 ) -> None:
