@@ -32,36 +32,46 @@ locals {
   deployment_worker_jobs = { for name, c in local.worker_jobs : name => c if c.image == null }
   own_image_worker_jobs  = { for name, c in local.worker_jobs : name => c if c.image != null }
 
-  # What every process of the deployment reads (jobfleet/config.py, Settings.from_env).
-  common_env = {
+  # The environment of each role, name by name (tests/infra/test_drift.py checks each
+  # name against the code that reads it). Every process reads the backend, project,
+  # region and retention (jobfleet/config.py, Settings.from_env); those that start runs
+  # also which job to run and where events go; those that deliver webhooks the secret
+  # ("" for none); the API also who may call it and what its schedules tell Cloud
+  # Scheduler (backends/gcp/cloud_scheduler.py).
+  webhook_secret_setting = var.webhook_secret_version == null ? "" : var.webhook_secret_version
+  worker_env = {
     JOBFLEET_BACKEND        = "gcp"
     GOOGLE_CLOUD_PROJECT    = var.project_id
     JOBFLEET_REGION         = var.region
     JOBFLEET_RETENTION_DAYS = tostring(var.retention_days)
   }
-  # What the processes that start runs read: which job to run and where events go
-  # (kick-offs, pipelines' next stages, the sweep's recoveries and announcements).
-  launcher_env = merge(local.common_env, {
-    JOBFLEET_CLOUD_RUN_JOB = local.worker_job
-    JOBFLEET_TOPIC         = local.topic
-  })
-  webhook_env = var.webhook_secret_version == null ? {} : {
-    JOBFLEET_WEBHOOK_SECRET = var.webhook_secret_version
+  completion_env = {
+    JOBFLEET_BACKEND        = "gcp"
+    GOOGLE_CLOUD_PROJECT    = var.project_id
+    JOBFLEET_REGION         = var.region
+    JOBFLEET_RETENTION_DAYS = tostring(var.retention_days)
+    JOBFLEET_CLOUD_RUN_JOB  = local.worker_job
+    JOBFLEET_TOPIC          = local.topic
+    JOBFLEET_WEBHOOK_SECRET = local.webhook_secret_setting
   }
-
-  worker_env     = local.common_env
-  completion_env = merge(local.launcher_env, local.webhook_env)
-  api_env = merge(local.launcher_env, local.webhook_env, {
-    # Who may call it: ID tokens for its own URL, of the invokers and of the scheduler.
-    JOBFLEET_API_AUDIENCE = local.api_url
-    JOBFLEET_API_PRINCIPALS = join(",", concat(
-      [for p in var.api_invokers : split(":", p)[1]],
-      [google_service_account.role["scheduler"].email],
-    ))
-    # What the API's schedule changes tell Cloud Scheduler (backends/gcp/cloud_scheduler.py).
+  api_env = {
+    JOBFLEET_BACKEND                   = "gcp"
+    GOOGLE_CLOUD_PROJECT               = var.project_id
+    JOBFLEET_REGION                    = var.region
+    JOBFLEET_RETENTION_DAYS            = tostring(var.retention_days)
+    JOBFLEET_CLOUD_RUN_JOB             = local.worker_job
+    JOBFLEET_TOPIC                     = local.topic
+    JOBFLEET_WEBHOOK_SECRET            = local.webhook_secret_setting
+    JOBFLEET_API_AUDIENCE              = local.api_url
+    JOBFLEET_API_PRINCIPALS            = local.api_principals
     JOBFLEET_API_URL                   = local.api_url
     JOBFLEET_SCHEDULER_SERVICE_ACCOUNT = google_service_account.role["scheduler"].email
-  })
+  }
+  # The e-mails whose ID tokens the API accepts: the invokers' and the scheduler's.
+  api_principals = join(",", concat(
+    [for p in var.api_invokers : split(":", p)[1]],
+    [google_service_account.role["scheduler"].email],
+  ))
 
   # The secret of the webhook secret version, for a binding on that secret alone.
   webhook_secret = var.webhook_secret_version == null ? null : join("/", slice(split("/", var.webhook_secret_version), 0, 4))
