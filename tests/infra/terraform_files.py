@@ -78,9 +78,10 @@ def module(folder: Path = MODULE) -> Module:
 
 
 def first(body: dict[str, Any], *path: str) -> dict[str, Any]:
-    """The nested block at `path` (hcl2 gives each block as a list of one)."""
+    """The nested block at `path` (hcl2 gives each block as a list of one, and a block
+    label such as dynamic "env" in quotes)."""
     for name in path:
-        blocks = body[name]
+        blocks = body[name] if name in body else body[f'"{name}"']
         body = blocks[0] if isinstance(blocks, list) else blocks
     return body
 

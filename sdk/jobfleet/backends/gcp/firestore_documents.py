@@ -15,7 +15,8 @@ commits its ends at most once a second (`Backend.commit_spacing`), so a counter 
 written about once a second at most, and each write is one event for the completion
 function (cloud_function.py), whose trigger is on these documents. Job documents also
 carry `orchestration_id` and `job_name` for collection-group queries.
-infra/firestore.indexes.json holds the composite indexes the queries need.
+infra/firestore.tf holds the composite indexes the queries need (tests/infra/test_drift.py
+checks them against the queries this code runs).
 """
 
 from __future__ import annotations
