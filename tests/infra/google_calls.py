@@ -46,8 +46,9 @@ CALLS: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {
     ("scheduler", "list_jobs"): (("cloudscheduler.jobs.list",), SCHEDULES),
     # backends/gcp/pubsub.py: the completion event, published by whoever settles.
     ("pubsub.Publisher", "publish"): (("pubsub.topics.publish",), LAUNCH),
-    # Only when the topic is missing (a fresh project, the emulator): Terraform makes
-    # it, so no deployed role creates it (the code still tries on NotFound).
+    # ensure_topic: on the emulator only (PubSubEventBus.create_missing) and for
+    # subscribers; in a deployment Terraform makes the topics, and a publisher that
+    # finds none says so (TopicMissing) instead of creating it.
     ("pubsub.Publisher", "create_topic"): (("pubsub.topics.create",), (NOT_DEPLOYED,)),
     # backends/gcp/subscriptions.py and pubsub.py: subscribers of the events
     # (jobfleet.subscribe, `jobfleet events --follow`), the user's own processes.

@@ -6,6 +6,7 @@ job and what the code's ensure_sweep makes; the worker classes and Resources."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -51,6 +52,7 @@ from jobfleet.core.models import (
 from jobfleet.core.resources import Resources
 from jobfleet.core.schedules import Fire, FireState, Trigger, build
 from jobfleet.core.webhooks import new_delivery
+from jobfleet.core.worker_classes import WorkerClass, cloud_run_job
 
 # -- the environment ---------------------------------------------------------------------
 
@@ -120,17 +122,24 @@ def test_the_names_match_the_sdk_defaults() -> None:
         assert name in exports and name in env_names_read()
 
 
-def test_the_example_worker_classes_are_what_resources_names_them() -> None:
-    """Each class's name is Resources(...).class_name of its values, and its Cloud Run
-    job is <base job>-<class name>, as the module names it."""
+def test_the_worker_classes_are_named_and_shaped_as_the_code_makes_them() -> None:
+    """var.worker_classes takes the entries `jobfleet worker-classes` writes
+    (WorkerClass.to_json); each class's Cloud Run job is named as the launcher looks it
+    up (cloud_run_job); the example's classes are what Resources names them."""
+    tf = module()
+    declared = set(re.findall(r"(\w+)\s*=", unquote(tf.variables["worker_classes"]["type"])))
+    assert declared == set(WorkerClass(Resources(), ("greet",)).to_json())
+    assert '"${local.worker_job}-${c.name}"' in str(tf.locals["worker_jobs"])
     classes = json.loads((EXAMPLE / "worker_classes.auto.tfvars.json").read_text())
+    assert classes["worker_classes"]
     for c in classes["worker_classes"]:
         resources = Resources(cpu=c["cpu"], memory=c["memory"], image=c["image"],
                               task_timeout=c["task_timeout_seconds"],
                               max_retries=c["max_retries"])
         assert resources.class_name == c["name"]
-    jobs = str(module().locals["worker_jobs"])
-    assert '"${local.worker_job}-${c.name}"' in jobs
+        assert WorkerClass(resources, tuple(c["jobs"])).to_json() == c
+        job = cloud_run_job(DEFAULT_CLOUD_RUN_JOB, resources)
+        assert job == f"{DEFAULT_CLOUD_RUN_JOB}-{c['name']}"
 
 
 # -- the sweep ---------------------------------------------------------------------------

@@ -28,16 +28,6 @@ def test_every_terraform_file_parses(path: Path) -> None:
     assert parsed, f"{path} holds nothing"
 
 
-def test_the_example_classes_have_the_variable_s_shape() -> None:
-    """worker_classes.auto.tfvars.json feeds var.worker_classes: the same fields."""
-    classes = json.loads((EXAMPLE / "worker_classes.auto.tfvars.json").read_text())
-    declared = unquote(module().variables["worker_classes"]["type"])
-    fields = set(re.findall(r"(\w+)\s*=", declared))
-    assert classes["worker_classes"], "the example declares worker classes"
-    for entry in classes["worker_classes"]:
-        assert set(entry) == fields
-
-
 def test_checkov_passes_the_module_and_the_example(checkov: Checkov) -> None:
     for folder in (MODULE, EXAMPLE):
         report = checkov(folder)
