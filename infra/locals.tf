@@ -26,7 +26,15 @@ locals {
   }
   worker_jobs = merge(
     { (local.worker_job) = local.base_worker },
-    { for c in var.worker_classes : "${local.worker_job}-${c.name}" => c },
+    {
+      for c in var.worker_classes : "${local.worker_job}-${c.name}" => {
+        cpu                  = c.cpu
+        memory               = c.memory
+        task_timeout_seconds = c.task_timeout_seconds
+        max_retries          = c.max_retries
+        image                = c.image
+      }
+    },
   )
   # Those on the deployment's image, and the classes that name an image of their own.
   deployment_worker_jobs = { for name, c in local.worker_jobs : name => c if c.image == null }

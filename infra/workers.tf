@@ -97,7 +97,6 @@ resource "google_cloud_run_v2_job" "worker_own_image" {
 }
 
 locals {
-  all_worker_jobs = merge(google_cloud_run_v2_job.worker, google_cloud_run_v2_job.worker_own_image)
   # Who starts executions (RunJob with overrides), cancels them and reads their state.
   job_developers = {
     for pair in setproduct(keys(local.worker_jobs), ["api", "completion"]) :
@@ -110,9 +109,11 @@ resource "google_cloud_run_v2_job_iam_member" "launchers" {
 
   project  = var.project_id
   location = var.region
-  name     = local.all_worker_jobs[each.value.job].name
+  name     = each.value.job
   role     = "roles/run.developer"
   member   = google_service_account.role[each.value.role].member
+
+  depends_on = [google_cloud_run_v2_job.worker, google_cloud_run_v2_job.worker_own_image]
 }
 
 # Cloud Build updates the image of the jobs that run the deployment's image.
