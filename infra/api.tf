@@ -4,6 +4,8 @@
 # the token's e-mail again against JOBFLEET_API_PRINCIPALS (api/auth.py).
 
 resource "google_cloud_run_v2_service" "api" {
+  count = local.deployed ? 1 : 0
+
   project             = var.project_id
   name                = "${var.prefix}-api"
   location            = var.region
@@ -55,19 +57,21 @@ resource "google_cloud_run_v2_service" "api" {
 }
 
 resource "google_cloud_run_v2_service_iam_member" "api_invokers" {
-  for_each = toset(concat(var.api_invokers, [google_service_account.role["scheduler"].member]))
+  for_each = local.deployed ? toset(concat(var.api_invokers, [google_service_account.role["scheduler"].member])) : toset([])
 
   project  = var.project_id
   location = var.region
-  name     = google_cloud_run_v2_service.api.name
+  name     = google_cloud_run_v2_service.api[0].name
   role     = "roles/run.invoker"
   member   = each.value
 }
 
 resource "google_cloud_run_v2_service_iam_member" "api_deployer" {
+  count = local.deployed ? 1 : 0
+
   project  = var.project_id
   location = var.region
-  name     = google_cloud_run_v2_service.api.name
+  name     = google_cloud_run_v2_service.api[0].name
   role     = "roles/run.developer"
   member   = google_service_account.role["deployer"].member
 }

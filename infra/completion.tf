@@ -7,6 +7,8 @@
 # backstop past that.
 
 resource "google_cloud_run_v2_service" "completion" {
+  count = local.deployed ? 1 : 0
+
   project             = var.project_id
   name                = "${var.prefix}-completion"
   location            = var.region
@@ -49,6 +51,8 @@ resource "google_cloud_run_v2_service" "completion" {
 }
 
 resource "google_eventarc_trigger" "completion" {
+  count = local.deployed ? 1 : 0
+
   project                 = var.project_id
   name                    = "${var.prefix}-completion"
   location                = var.region # Firestore's: the database is in the region
@@ -73,7 +77,7 @@ resource "google_eventarc_trigger" "completion" {
 
   destination {
     cloud_run_service {
-      service = google_cloud_run_v2_service.completion.name
+      service = google_cloud_run_v2_service.completion[0].name
       region  = var.region
     }
   }
@@ -82,17 +86,21 @@ resource "google_eventarc_trigger" "completion" {
 }
 
 resource "google_cloud_run_v2_service_iam_member" "completion_invoker" {
+  count = local.deployed ? 1 : 0
+
   project  = var.project_id
   location = var.region
-  name     = google_cloud_run_v2_service.completion.name
+  name     = google_cloud_run_v2_service.completion[0].name
   role     = "roles/run.invoker"
   member   = google_service_account.role["trigger"].member
 }
 
 resource "google_cloud_run_v2_service_iam_member" "completion_deployer" {
+  count = local.deployed ? 1 : 0
+
   project  = var.project_id
   location = var.region
-  name     = google_cloud_run_v2_service.completion.name
+  name     = google_cloud_run_v2_service.completion[0].name
   role     = "roles/run.developer"
   member   = google_service_account.role["deployer"].member
 }

@@ -10,7 +10,10 @@ locals {
   api_url = "https://${var.prefix}-api-${data.google_project.this.number}.${var.region}.run.app"
 
   worker_job = "${var.prefix}-worker"
-  topic      = "${var.prefix}-job-completed"
+  # The Cloud Run parts on the deployment's image (and the sweep, which calls the API)
+  # wait for the first image: before it there is nothing they could run.
+  deployed = var.image != null
+  topic    = "${var.prefix}-job-completed"
 
   # Every Cloud Run job and service that runs the deployment's image carries this label:
   # cloudbuild.yaml updates the image of all of them, and Terraform ignores their image.
@@ -37,8 +40,10 @@ locals {
     },
   )
   # Those on the deployment's image, and the classes that name an image of their own.
-  deployment_worker_jobs = { for name, c in local.worker_jobs : name => c if c.image == null }
-  own_image_worker_jobs  = { for name, c in local.worker_jobs : name => c if c.image != null }
+  deployment_worker_jobs = {
+    for name, c in local.worker_jobs : name => c if c.image == null && local.deployed
+  }
+  own_image_worker_jobs = { for name, c in local.worker_jobs : name => c if c.image != null }
 
   # The environment of each role, name by name (tests/infra/test_drift.py checks each
   # name against the code that reads it). Every process reads the backend, project,

@@ -4,6 +4,8 @@
 # compares them): every minute, POST <api>/v1/sweep with the scheduler's OIDC token.
 
 resource "google_cloud_scheduler_job" "sweep" {
+  count = local.deployed ? 1 : 0 # it calls the API, which waits for the first image
+
   project          = var.project_id
   region           = var.region
   name             = "jobfleet_sweep" # the code's SWEEP_JOB, which no schedule's job can be called

@@ -10,8 +10,9 @@ variable "region" {
 }
 
 variable "image" {
-  description = "The deployment's image (<region>-docker.pkg.dev/<project>/<prefix>/jobs:<tag>) for the first apply; Cloud Build replaces it afterwards and Terraform leaves that alone."
+  description = "The deployment's image (<region>-docker.pkg.dev/<project>/<prefix>/jobs:<tag>). Null on the very first apply, which makes everything but the Cloud Run parts (the registry the first build pushes to among them); give the first image Cloud Build pushed to create them. Afterwards Cloud Build deploys new images and Terraform leaves them alone."
   type        = string
+  default     = null
 }
 
 variable "prefix" {

@@ -2,9 +2,11 @@
 # (worker_classes.auto.tfvars.json, written by `jobfleet worker-classes`).
 #
 #   terraform init
-#   terraform apply -var project_id=acme-prod -var image=us-central1-docker.pkg.dev/acme-prod/jobfleet/jobs:first
+#   terraform apply -var project_id=acme-prod          # everything but the Cloud Run parts
+#   gcloud builds submit ...                              # `terraform output cloud_build_submit`
+#   terraform apply -var project_id=acme-prod -var image=<the image that build pushed>
 #
-# The first image may be any that runs `jobfleet`; Cloud Build deploys the real ones.
+# After that, Cloud Build deploys new images; Terraform leaves them alone.
 
 terraform {
   required_version = ">= 1.5"
@@ -29,8 +31,9 @@ variable "region" {
 }
 
 variable "image" {
-  description = "The image of the first apply (Cloud Build replaces it)."
+  description = "The first image Cloud Build pushed (null on the very first apply)."
   type        = string
+  default     = null
 }
 
 variable "api_invokers" {
