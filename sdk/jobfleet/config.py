@@ -18,6 +18,9 @@ DEFAULT_CLOUD_RUN_JOB = "jobfleet-worker"
 DEFAULT_TOPIC = "jobfleet-job-completed"
 DEFAULT_LEASE_SECONDS = 30.0
 DEFAULT_LOG_LIMIT_BYTES = 64 * 1024 * 1024
+DEFAULT_RETENTION_DAYS = 30
+# Firestore's TTL must never take a run still going: a Cloud Run task stops at 7 days.
+MIN_RETENTION_DAYS = 8
 
 
 def default_home(env: Mapping[str, str]) -> Path:
@@ -57,6 +60,10 @@ class Settings:
     # holding it; which refused kinds of URL are let through ("http", "private").
     webhook_secret: SecretSetting | None = None
     webhook_allow: frozenset[str] = frozenset()
+    # How long Firestore keeps an orchestration (with its instances), a schedule's fire
+    # and a webhook delivery: each document carries `expire_at`, which the database's TTL
+    # policies (infra/) delete after. The local backend keeps its history.
+    retention_days: float = DEFAULT_RETENTION_DAYS
 
     @classmethod
     def from_env(
@@ -97,6 +104,7 @@ class Settings:
             trace_export=env.get("JOBFLEET_TRACE_EXPORT") or None,
             webhook_secret=parse_secret(env.get("JOBFLEET_WEBHOOK_SECRET")),
             webhook_allow=parse_allow(env.get("JOBFLEET_WEBHOOK_ALLOW")),
+            retention_days=_retention(env),
         )
 
     @property
@@ -176,6 +184,16 @@ def _choice(env: Mapping[str, str], name: str, choices: Sequence[str]) -> str | 
     if text.lower() not in choices:
         raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, not {text!r}")
     return text.lower()
+
+
+def _retention(env: Mapping[str, str]) -> float:
+    days = _positive(env, "JOBFLEET_RETENTION_DAYS", DEFAULT_RETENTION_DAYS)
+    if days < MIN_RETENTION_DAYS:
+        raise ConfigurationError(
+            f"JOBFLEET_RETENTION_DAYS must be at least {MIN_RETENTION_DAYS} (a run may last 7"
+            f" days, and its history must outlive it), not {days:g}"
+        )
+    return days
 
 
 def _positive(env: Mapping[str, str], name: str, default: float) -> float:

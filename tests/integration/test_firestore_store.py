@@ -194,7 +194,9 @@ def test_counts_come_from_shard_counters_written_only_by_commits_that_end_instan
         fs.record_outcomes(oid, [done(c) for c in claims])
         shards.wait_until(lambda docs: docs["0"]["succeeded"] == 10)
 
-        assert shards.latest == {
+        counters = {shard: {k: v for k, v in doc.items() if k != "expire_at"}
+                    for shard, doc in shards.latest.items()}
+        assert counters == {
             "0": {"total": 10, "succeeded": 10, "failed": 0, "cancelled": 0},
             "1": {"total": 10, "succeeded": 0, "failed": 0, "cancelled": 0},
             "2": {"total": 10, "succeeded": 0, "failed": 0, "cancelled": 0},
@@ -387,3 +389,41 @@ def test_a_schedule_too_big_for_a_document_is_refused_with_what_to_do(
         fs.save_schedule(Schedule(name="huge", job_name="greet", cron="0 3 * * *",
                                   params=huge), create=True)
     assert fs.list_schedules() == []
+
+
+def test_every_document_of_history_carries_its_expiry_for_the_ttl_policies(
+    project: str, client: firestore.Client
+) -> None:
+    """History retention: the TTL policies (infra/) delete by `expire_at`. An
+    orchestration's documents share one expiry, so that they go together; a fire and a
+    webhook delivery expire the retention after they began."""
+    from datetime import UTC, timedelta
+
+    from jobfleet.core.webhooks import new_delivery
+
+    store = FirestoreStore(project, retention=timedelta(days=9))
+    try:
+        new = new_orchestration(parallelism=3)
+        store.create_orchestration(new, batches_of(7, 3, 3))
+        fire = Fire(schedule="nightly", scheduled_at=T0 + 60, trigger=Trigger.CRON,
+                    state=FireState.FIRING, attempt=0, fired_at=T0, hold_until=T0 + 120)
+        store.save_schedule(Schedule(name="nightly", job_name="greet", cron="0 3 * * *"),
+                            create=True)
+        store.claim_fire(fire, now=T0)
+        store.create_webhook_deliveries(
+            [new_delivery(new.id, "https://hooks.example/a", "event-1", "{}", T0 + 5)]
+        )
+    finally:
+        store.close()
+    day = timedelta(days=9)
+    started = datetime.fromtimestamp(T0, UTC)
+    ref = client.collection(ORCHESTRATIONS).document(new.id)
+    history = [ref.get(), *ref.collection(JOBS).stream(), *ref.collection(SHARDS).stream()]
+    assert len(history) == 1 + 7 + 3
+    assert {doc.get("expire_at") for doc in history} == {started + day}
+    [stored_fire] = client.collection(SCHEDULES).document("nightly").collection(FIRES).stream()
+    assert stored_fire.get("expire_at") == started + timedelta(seconds=60) + day
+    [delivery] = client.collection("jobfleet_webhooks").stream()
+    assert delivery.get("expire_at") == started + timedelta(seconds=5) + day
+    schedule = client.collection(SCHEDULES).document("nightly").get().to_dict() or {}
+    assert "expire_at" not in schedule  # a definition is not history

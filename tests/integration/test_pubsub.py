@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from google.api_core import exceptions as api_exceptions
-from google.cloud.pubsub_v1 import SubscriberClient
+from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 
 from conftest import Emulators, eventually
 from jobfleet.backends.gcp.pubsub import (
@@ -21,6 +21,7 @@ from jobfleet.backends.gcp.pubsub import (
     PubSubEventBus,
     ensure_subscription,
     subscription_path,
+    topic_path,
 )
 from jobfleet.core.models import JobCompletedEvent, Status
 from jobfleet.errors import InvalidSubscription, NoEventHistory, PublishFailed
@@ -315,3 +316,21 @@ def test_an_event_failing_every_delivery_is_dead_lettered_after_the_maximum(
     assert JobCompletedEvent.from_json(json.loads(letter.message.data)) == event
     assert letter.message.attributes["CloudPubSubDeadLetterSourceSubscription"] == sub
     assert letter.message.attributes["CloudPubSubDeadLetterSourceDeliveryCount"] == "5"
+
+
+def test_outside_the_emulator_a_missing_topic_is_not_created_but_named(
+    gcp_env: Emulators, names: dict[str, str]
+) -> None:
+    """In a project the topic is infrastructure: publishers hold roles/pubsub.publisher,
+    which cannot create one. The event stays unpublished (the next trigger retries) and
+    the error says what to do."""
+    strict = PubSubEventBus(names["project"], names["topic"], create_missing=False)
+    try:
+        with pytest.raises(PublishFailed, match=r"does not exist.*infra/"):
+            strict.publish(completed("orch-no-topic"))
+    finally:
+        strict.close()
+    with PublisherClient() as publisher:
+        project = f"projects/{names['project']}"
+        topics = [t.name for t in publisher.list_topics(request={"project": project})]
+    assert topic_path(names["project"], names["topic"]) not in topics

@@ -92,3 +92,13 @@ def test_an_unknown_backend_is_refused_with_the_choices(
 def test_a_worker_environment_reproduces_the_settings(tmp_path: Path) -> None:
     settings = Settings.from_env({}, home=tmp_path, jobs_modules=["app.jobs", "more.py"])
     assert Settings.from_env(settings.environment()) == settings
+
+
+def test_history_retention_is_read_and_may_not_be_shorter_than_a_run() -> None:
+    from jobfleet.config import Settings
+    from jobfleet.errors import ConfigurationError
+
+    assert Settings.from_env(env={}).retention_days == 30
+    assert Settings.from_env(env={"JOBFLEET_RETENTION_DAYS": "90"}).retention_days == 90
+    with pytest.raises(ConfigurationError, match="JOBFLEET_RETENTION_DAYS must be at least 8"):
+        Settings.from_env(env={"JOBFLEET_RETENTION_DAYS": "3"})

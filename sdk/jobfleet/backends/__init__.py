@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 from jobfleet.config import Settings
 from jobfleet.core.ports import EventBus, Launcher, LogReader, ScheduleTimer, Store
@@ -77,7 +78,9 @@ def open_store(settings: Settings) -> Store:
         from jobfleet.backends.gcp.firestore_store import FirestoreStore
     except ImportError as exc:
         raise ConfigurationError(f"{GCP_EXTRA} ({exc})") from None
-    return FirestoreStore(project=settings.require_project())
+    return FirestoreStore(
+        project=settings.require_project(), retention=timedelta(days=settings.retention_days)
+    )
 
 
 def open_bus(settings: Settings) -> EventBus:

@@ -21,6 +21,7 @@ from jobfleet.cli import pipelines as pipeline_commands
 from jobfleet.cli import render
 from jobfleet.cli import schedules as schedule_commands
 from jobfleet.cli import webhooks as webhook_commands
+from jobfleet.cli import worker_classes as worker_class_commands
 from jobfleet.cli.arguments import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_code, follow, parse_tags
 from jobfleet.cli.params_file import read_params
 from jobfleet.core.models import Status
@@ -107,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     schedule_commands.add_parsers(sub)
     webhook_commands.add_parsers(sub)
     pipeline_commands.add_parsers(sub, run=run, results=results)
+    worker_class_commands.add_parser(sub)
 
     dev = sub.add_parser("dev", help="the local Google Cloud stack (emulators and all)")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="up|down")
@@ -330,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_dev(args)
     if args.command == "serve":
         return cmd_serve(args)
+    if args.command == worker_class_commands.COMMAND:
+        return worker_class_commands.main(args)
     jobs: list[Any] = getattr(args, "jobs_module", [])
     try:
         with JobFleet(home=args.home, jobs_modules=_jobs_modules(jobs)) as fleet:

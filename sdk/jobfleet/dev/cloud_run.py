@@ -5,13 +5,22 @@ the operation poll) in the wire format the Google client library's REST transpor
 speaks, and runs each execution's tasks as real `jobfleet worker` processes with
 Cloud Run's environment (through TaskSet, the same task runner the local backend
 uses). So the production launcher is the code under test, end to end, without a
-cloud project. It counts the calls it receives, so that tests can hold the
-"O(1) Admin API calls per orchestration" cost principle, and can be told to fail
-RunJob calls, so that tests can see the launcher retry, or to answer them slowly, so
-that a caller can die while its RunJob is in flight.
+cloud project.
+
+It serves the base Cloud Run job and one job per worker class it is given
+(`--classes worker_classes.auto.tfvars.json`, the file Terraform reads), each with its
+task timeout and task retries, and answers 404 NOT_FOUND for any other job as Cloud Run
+does. A task attempt running past its execution's task timeout (the job's, or the
+RunJob call's `timeout` override) is killed and retried while retries last. Each
+execution records the job that ran it and its task timeout, for tests.
+
+It counts the calls it receives, so that tests can hold the "O(1) Admin API calls per
+orchestration" cost principle, and can be told to fail RunJob calls, so that tests can
+see the launcher retry, or to answer them slowly, so that a caller can die while its
+RunJob is in flight.
 
     python -m jobfleet.dev.cloud_run --port 8123 --project demo --region us-central1 \\
-        --job jobfleet-worker --parallelism 4
+        --job jobfleet-worker --parallelism 4 --classes worker_classes.auto.tfvars.json
 """
 
 from __future__ import annotations
@@ -25,16 +34,21 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from jobfleet.backends.local.tasks import TaskSet
+from jobfleet.core.resources import MAX_TASK_TIMEOUT_SECONDS
+from jobfleet.core.worker_classes import ClassJob, read_class_jobs
 from jobfleet.dev.rest_standin import ApiError, Json, Reply, RestStandIn, serve_until_signalled
+from jobfleet.errors import ConfigurationError
 
 WORKER_COMMAND = (sys.executable, "-m", "jobfleet", "worker")
 DEFAULT_MAX_RETRIES = 3  # Cloud Run's default
 TICK_SECONDS = 0.05
 EXECUTION_TYPE = "type.googleapis.com/google.cloud.run.v2.Execution"
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]{1,9})?)s$")  # google.protobuf.Duration in JSON
 
 _JOB = r"/v2/projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)/jobs/(?P<job>[^/:]+)"
 ROUTES: list[tuple[str, str, re.Pattern[str]]] = [
@@ -46,6 +60,15 @@ ROUTES: list[tuple[str, str, re.Pattern[str]]] = [
         r"/operations/(?P<operation>[^/:]+)"
     )),
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class JobSettings:
+    """What of a Cloud Run job's template the stand-in plays: its task timeout (None:
+    none) and how often a failed task is retried."""
+
+    task_timeout: float | None
+    max_retries: int
 
 
 def _timestamp(at: float | None) -> str | None:
@@ -64,7 +87,8 @@ class Execution:
     parallelism: int
     max_retries: int
     env: dict[str, str]  # the job's env with the overrides applied (not os.environ)
-    timeout: str | None
+    task_timeout: float | None  # seconds: the job's, or the RunJob override's
+    timeout_override: str | None  # the RunJob call's `timeout`, as sent
     tasks: TaskSet | None  # None when the stand-in does not run tasks
     created_at: float = field(default_factory=time.time)
     completed_at: float | None = None
@@ -126,7 +150,7 @@ class Execution:
             "template": {
                 "containers": [{"env": [{"name": k, "value": v} for k, v in self.env.items()]}],
                 "maxRetries": self.max_retries,
-                "timeout": self.timeout,
+                "timeout": None if self.task_timeout is None else f"{self.task_timeout:g}s",
             },
             "reconciling": self.completed_at is None,
             "conditions": [condition],
@@ -147,7 +171,9 @@ def _without_nulls(data: Json) -> Json:
 
 
 class CloudRunStandIn(RestStandIn):
-    """The Admin API of one Cloud Run job, served on 127.0.0.1 from a background thread.
+    """The Admin API of the Cloud Run jobs of a deployment, served on 127.0.0.1 from a
+    background thread: the base job `job` (with `task_timeout` and `max_retries`) and
+    `{job}-{class name}` for each of `classes` (with the class's).
 
     `run_tasks=False` records executions without starting processes (each counts
     as succeeded at once): for tests about the shape of RunJob calls, such as a
@@ -170,15 +196,19 @@ class CloudRunStandIn(RestStandIn):
         port: int = 0,
         run_tasks: bool = True,
         task_timeout: float | None = None,
+        classes: Sequence[ClassJob] = (),
     ) -> None:
         super().__init__(port)
-        self.project, self.region, self.job = project, region, job
+        self.project, self.region, self.job = project, region, job  # the base job
         self.parallelism = parallelism  # 0: every task at once, as Cloud Run's default
-        self.max_retries = max_retries
+        # The base job's task timeout (Cloud Run: 10 min) and retries, then the classes'.
+        self.jobs = {job: JobSettings(task_timeout, max_retries)} | {
+            f"{job}-{c.name}": JobSettings(c.task_timeout_seconds, c.max_retries)
+            for c in classes
+        }
         self.env = dict(env or {})
         self.command = tuple(command)
         self.run_tasks = run_tasks
-        self.task_timeout = task_timeout  # the job's task timeout (Cloud Run: 10 min)
         self._failures: list[int] = []  # HTTP statuses for the next RunJob calls
         self._delays: list[float] = []  # seconds the next RunJob calls wait before acting
         self._executions: dict[str, Execution] = {}
@@ -242,7 +272,7 @@ class CloudRunStandIn(RestStandIn):
         if method == "RunJob":
             if self._failures:
                 raise ApiError(self._failures.pop(0), "injected failure: try again later")
-            return self._run(body.get("overrides") or {})
+            return self._run(where["job"], body.get("overrides") or {})
         execution = self._find(where)
         if method == "CancelExecution":
             execution.cancel()
@@ -257,12 +287,12 @@ class CloudRunStandIn(RestStandIn):
                                 f" projects/{self.project}/locations/{self.region})")
 
     def _check_job(self, where: dict[str, str]) -> None:
-        if where["job"] != self.job:
+        if where["job"] not in self.jobs:
             raise ApiError(404, f"Resource '{where['job']}' of kind 'JOB' in region"
                                 f" '{self.region}' in project '{self.project}' does not exist.")
 
     def _find(self, where: dict[str, str]) -> Execution:
-        name = f"{self._job_name()}/executions/{where['execution']}"
+        name = f"{self._job_name(where['job'])}/executions/{where['execution']}"
         try:
             return self._executions[name]
         except KeyError:
@@ -270,33 +300,36 @@ class CloudRunStandIn(RestStandIn):
                                 f" region '{self.region}' in project '{self.project}'"
                                 " does not exist.") from None
 
-    def _job_name(self) -> str:
-        return f"projects/{self.project}/locations/{self.region}/jobs/{self.job}"
+    def _job_name(self, job: str) -> str:
+        return f"projects/{self.project}/locations/{self.region}/jobs/{job}"
 
-    def _run(self, overrides: Json) -> Json:
+    def _run(self, job: str, overrides: Json) -> Json:
         if self._stopped.is_set():  # stop() is killing every task: start none
             raise ApiError(503, "the stand-in is stopping")
         task_count = int(_field(overrides, "taskCount", "task_count") or 1)
         env = dict(self.env)
         for container in _field(overrides, "containerOverrides", "container_overrides") or []:
             env.update({e["name"]: e.get("value", "") for e in container.get("env") or []})
-        name = f"{self._job_name()}/executions/{self.job}-{uuid.uuid4().hex[:5]}"
+        settings = self.jobs[job]
+        override = overrides.get("timeout")
+        task_timeout = settings.task_timeout if override is None else _seconds(override)
+        name = f"{self._job_name(job)}/executions/{job}-{uuid.uuid4().hex[:5]}"
         parallelism = min(self.parallelism or task_count, task_count)
         tasks = None
         if self.run_tasks:
             tasks = TaskSet(
                 command=self.command,
-                env={**os.environ, **env, "CLOUD_RUN_JOB": self.job,
+                env={**os.environ, **env, "CLOUD_RUN_JOB": job,
                      "CLOUD_RUN_EXECUTION": name.rsplit("/", 1)[-1]},
                 task_count=task_count,
                 parallelism=parallelism,
-                max_retries=self.max_retries,
-                task_timeout=self.task_timeout,
+                max_retries=settings.max_retries,
+                task_timeout=task_timeout,
             )
         execution = Execution(
-            name=name, job=self.job, task_count=task_count, parallelism=parallelism,
-            max_retries=self.max_retries, env=env, timeout=overrides.get("timeout"),
-            tasks=tasks,
+            name=name, job=job, task_count=task_count, parallelism=parallelism,
+            max_retries=settings.max_retries, env=env, task_timeout=task_timeout,
+            timeout_override=override, tasks=tasks,
         )
         self._executions[name] = execution
         execution.advance()
@@ -328,6 +361,15 @@ class CloudRunStandIn(RestStandIn):
                     execution.advance()
 
 
+def _seconds(duration: Any) -> float:
+    """A google.protobuf.Duration as proto3 JSON writes it ("3600s"), in seconds; 400
+    INVALID_ARGUMENT for anything else, or past Cloud Run's limit of 168 hours."""
+    match = _DURATION.match(duration) if isinstance(duration, str) else None
+    if match is None or not 0 < float(match[1]) <= MAX_TASK_TIMEOUT_SECONDS:
+        raise ApiError(400, f"Invalid value at 'overrides.timeout': {duration!r}")
+    return float(match[1])
+
+
 def _field(data: Json, camel: str, snake: str) -> Any:
     """Proto3 JSON accepts both spellings of a field name."""
     return data.get(camel, data.get(snake))
@@ -354,13 +396,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES)
     parser.add_argument("--task-timeout", type=float, metavar="S",
                         help="kill a task attempt running longer (Cloud Run's task timeout)")
+    parser.add_argument("--classes", type=Path, metavar="FILE",
+                        help="serve a job per worker class of this file (the JSON of"
+                             " `jobfleet worker-classes`) too")
     parser.add_argument("--env", type=_env_pair, action="append", default=[],
                         metavar="KEY=VALUE", help="the job's container environment")
     args = parser.parse_args(argv)
+    try:
+        classes = read_class_jobs(args.classes) if args.classes else []
+    except ConfigurationError as exc:
+        parser.error(str(exc))
     standin = CloudRunStandIn(
         project=args.project, region=args.region, job=args.job, parallelism=args.parallelism,
         max_retries=args.max_retries, env=dict(args.env), port=args.port,
         task_timeout=args.task_timeout,
+        classes=classes,
     ).start()
     return serve_until_signalled(standin, [f"JOBFLEET_CLOUD_RUN_ENDPOINT={standin.url}"])
 

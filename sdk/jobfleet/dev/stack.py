@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobfleet.config import DEFAULT_CLOUD_RUN_JOB, DEFAULT_REGION, DEFAULT_TOPIC, Settings
+from jobfleet.core.worker_classes import TFVARS_FILE, classes_of_modules, write_tfvars
 from jobfleet.dev.cloud_scheduler import CERTS_PATH
 from jobfleet.dev.emulators import (
     answers,
@@ -190,11 +191,14 @@ def _start(
     env["JOBFLEET_CLOUD_RUN_ENDPOINT"] = f"http://127.0.0.1:{cloud_run_port}"
     worker_env = [f"--env={k}={v}" for k, v in env.items()
                   if k not in ("JOBFLEET_CLOUD_RUN_ENDPOINT", RELAY)]
+    # The worker classes of the JOBFLEET_JOBS modules, as Terraform would create them.
+    classes = stack.state_dir / TFVARS_FILE
+    write_tfvars(classes, classes_of_modules(Settings.from_env().jobs_modules))
     stack.spawn("cloud-run", [
         sys.executable, "-m", "jobfleet.dev.cloud_run", "--port", str(cloud_run_port),
         "--project", project, "--region", env["JOBFLEET_REGION"],
         "--job", env["JOBFLEET_CLOUD_RUN_JOB"], "--parallelism", str(parallelism),
-        "--task-timeout", str(task_timeout), *worker_env,
+        "--task-timeout", str(task_timeout), "--classes", str(classes), *worker_env,
     ], env)
     function_url = f"http://127.0.0.1:{function_port}/"
     stack.spawn(FUNCTION, [  # as the image starts it (cli/function.py)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from google.api_core import exceptions
 from google.cloud import firestore
 
-from jobfleet.backends.gcp.firestore_documents import Snapshot
+from jobfleet.backends.gcp.firestore_documents import EXPIRE_AT, Snapshot
 from jobfleet.backends.gcp.firestore_worker import CONFLICT_ATTEMPTS, pause_after_race
 from jobfleet.core.models import JsonObject
 from jobfleet.errors import JobfleetError
@@ -31,8 +32,9 @@ class Write:
 
 def write_unless_changed(
     client: firestore.Client, ref: firestore.DocumentReference,
-    decide: Callable[[Snapshot, bool], Any], *, what: str,
+    decide: Callable[[Snapshot, bool], Any], *, what: str, expires: datetime,
 ) -> Any:
+    """`expires` is the `expire_at` a created document gets (its history's TTL)."""
     raced = False
     for _ in range(CONFLICT_ATTEMPTS):
         doc = ref.get()
@@ -41,7 +43,7 @@ def write_unless_changed(
             return decision
         try:
             if decision.create:
-                ref.create(decision.data)
+                ref.create({**decision.data, EXPIRE_AT: expires})
             else:
                 ref.update(decision.data,
                            option=client.write_option(last_update_time=doc.update_time))

@@ -15,7 +15,8 @@ commits its ends at most once a second (`Backend.commit_spacing`), so a counter 
 written about once a second at most, and each write is one event for the completion
 function (cloud_function.py), whose trigger is on these documents. Job documents also
 carry `orchestration_id` and `job_name` for collection-group queries.
-infra/firestore.indexes.json holds the composite indexes the queries need.
+infra/firestore.tf holds the composite indexes the queries need (tests/infra/test_drift.py
+checks them against the queries this code runs).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import hashlib
 import json
 from collections import Counter, defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.cloud import firestore
@@ -146,9 +148,19 @@ class BatchedWrites:
 
 # -- writing --------------------------------------------------------------------------------
 
+DEFAULT_RETENTION = timedelta(days=30)
+EXPIRE_AT = "expire_at"  # the field the TTL policies (infra/) delete documents by
 
-def new_orchestration(o: NewOrchestration, *, total: int) -> JsonObject:
+
+def expire_at(since: float, retention: timedelta) -> datetime:
+    """When Firestore's TTL may delete a document of history started at `since`: all the
+    documents of one orchestration share it, so that they go together."""
+    return datetime.fromtimestamp(since, UTC) + retention
+
+
+def new_orchestration(o: NewOrchestration, *, total: int, expires: datetime) -> JsonObject:
     return {
+        EXPIRE_AT: expires,
         "job_name": o.job_name,
         "status": IN_PROGRESS,
         "total": total,
@@ -178,8 +190,8 @@ def tag_pair(key: str, value: str) -> str:
     return f"{key}={value}"
 
 
-def new_shard(total: int) -> JsonObject:
-    return {"total": total, **dict.fromkeys(COUNTER.values(), 0)}
+def new_shard(total: int, expires: datetime) -> JsonObject:
+    return {"total": total, **dict.fromkeys(COUNTER.values(), 0), EXPIRE_AT: expires}
 
 
 def unfinished_in(counters: JsonObject) -> int:
@@ -188,10 +200,11 @@ def unfinished_in(counters: JsonObject) -> int:
     return int(counters.get("total", 0)) - done
 
 
-def new_job(o: NewOrchestration, instance: NewInstance) -> JsonObject:
+def new_job(o: NewOrchestration, instance: NewInstance, expires: datetime) -> JsonObject:
     """Params and results are JSON text, as in SQLite: Firestore holds no nested arrays
     and does not keep a map's key order."""
     return {
+        EXPIRE_AT: expires,
         "index": instance.index,
         "shard": instance.shard,
         "params": json.dumps(instance.params),

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 
 from google.api_core import exceptions
 from google.cloud import firestore
 
 from jobfleet.backends.gcp.firestore_conditional import Write, write_unless_changed
-from jobfleet.backends.gcp.firestore_documents import Snapshot
+from jobfleet.backends.gcp.firestore_documents import Snapshot, expire_at
 from jobfleet.core.models import JsonObject
 from jobfleet.core.schedules import Fire, Schedule, claimed_fire, may_claim, may_finish
 from jobfleet.errors import InvalidSchedule, ScheduleExists, UnknownSchedule
@@ -59,6 +60,7 @@ class FirestoreSchedules:
     """Mixed into FirestoreStore, which provides the client."""
 
     _client: firestore.Client
+    _retention: timedelta
 
     @property
     def _schedules(self) -> firestore.CollectionReference:
@@ -129,6 +131,7 @@ class FirestoreSchedules:
         answer: tuple[bool, Fire] = write_unless_changed(
             self._client, self._fire_ref(fire.schedule, fire.scheduled_at), decide,
             what=f"claim schedule {fire.schedule!r} at {fire.scheduled_at}",
+            expires=expire_at(fire.scheduled_at, self._retention),
         )
         return answer
 
@@ -147,6 +150,7 @@ class FirestoreSchedules:
         done: bool = write_unless_changed(
             self._client, self._fire_ref(fire.schedule, fire.scheduled_at), decide,
             what=f"record the fire of schedule {fire.schedule!r} at {fire.scheduled_at}",
+            expires=expire_at(fire.scheduled_at, self._retention),
         )
         return done
 

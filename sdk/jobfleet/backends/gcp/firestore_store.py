@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -24,6 +25,7 @@ from jobfleet.backends.gcp.firestore_changes import ChangeFeed
 from jobfleet.backends.gcp.firestore_documents import (
     COMMITS_IN_FLIGHT,
     COUNTER,
+    DEFAULT_RETENTION,
     IN_PROGRESS,
     JOBS,
     LEASES,
@@ -33,6 +35,7 @@ from jobfleet.backends.gcp.firestore_documents import (
     TERMINAL,
     BatchedWrites,
     Snapshot,
+    expire_at,
     instance_result,
     job_instance,
     new_job,
@@ -75,8 +78,12 @@ class FirestoreStore(FirestoreSchedules, FirestoreWebhooks, FirestoreWorkerSide)
     """The Store port on Firestore. Safe to share between threads: the client is, and every
     operation runs in a transaction or commit of its own."""
 
-    def __init__(self, project: str, client: firestore.Client | None = None) -> None:
+    def __init__(
+        self, project: str, client: firestore.Client | None = None,
+        retention: timedelta = DEFAULT_RETENTION,
+    ) -> None:
         self._client = client if client is not None else firestore.Client(project=project)
+        self._retention = retention
         self._orchestrations = self._client.collection(ORCHESTRATIONS)
         self._leases = self._client.collection(LEASES)
         self._changes = ChangeFeed(self._orchestrations)
@@ -95,20 +102,23 @@ class FirestoreStore(FirestoreSchedules, FirestoreWebhooks, FirestoreWorkerSide)
         o = orchestration
         ref = self._ref(o.id)
         totals: Counter[int] = Counter()
+        expires = expire_at(o.created_at, self._retention)
         with ThreadPoolExecutor(COMMITS_IN_FLIGHT, thread_name_prefix="jobfleet-kick-off") as pool:
             writes = BatchedWrites(self._client, pool)
             try:
                 for batch in batches:
                     for instance in batch:
                         writes.set(ref.collection(JOBS).document(instance.job_id),
-                                   new_job(o, instance))
+                                   new_job(o, instance, expires))
                         totals[instance.shard] += 1
                 if not totals:
                     raise InvalidParams("no parameter sets: give at least one")
                 for shard, total in totals.items():
-                    writes.set(ref.collection(SHARDS).document(str(shard)), new_shard(total))
+                    shard_ref = ref.collection(SHARDS).document(str(shard))
+                    writes.set(shard_ref, new_shard(total, expires))
                 writes.finish()
-                ref.set(new_orchestration(o, total=totals.total()))  # set: safe to retry
+                # set: safe to retry
+                ref.set(new_orchestration(o, total=totals.total(), expires=expires))
             except BaseException as exc:
                 writes.abandon()
                 try:

@@ -12,13 +12,15 @@ the document is unchanged since it was read, as a fire's claim is
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 from google.api_core import exceptions
 from google.cloud import firestore
 
 from jobfleet.backends.gcp.firestore_conditional import Write, write_unless_changed
-from jobfleet.backends.gcp.firestore_documents import Snapshot
+from jobfleet.backends.gcp.firestore_documents import EXPIRE_AT, Snapshot, expire_at
 from jobfleet.backends.gcp.firestore_worker import field_filter
 from jobfleet.core.webhooks import WebhookDelivery, claimed, delivery_key, may_claim
 
@@ -33,15 +35,21 @@ class FirestoreWebhooks:
     """Mixed into FirestoreStore, which provides the client."""
 
     _client: firestore.Client
+    _retention: timedelta
 
     @property
     def _webhooks(self) -> firestore.CollectionReference:
         return self._client.collection(WEBHOOKS)
 
+    def _expires(self, delivery: WebhookDelivery) -> datetime:
+        return expire_at(delivery.created_at, self._retention)
+
     def create_webhook_deliveries(self, deliveries: Sequence[WebhookDelivery]) -> None:
         for delivery in deliveries:
             try:
-                self._webhooks.document(delivery.key).create(delivery.to_json())
+                self._webhooks.document(delivery.key).create(
+                    {**delivery.to_json(), EXPIRE_AT: self._expires(delivery)}
+                )
             except exceptions.Conflict:  # AlreadyExists: created by an earlier follow-up
                 continue
 
@@ -76,6 +84,7 @@ class FirestoreWebhooks:
             self._client, self._webhooks.document(delivery_key(orchestration_id, url)),
             decide, what=f"claim the webhook delivery of orchestration {orchestration_id} "
                          f"to {url}",
+            expires=expire_at(time.time(), self._retention),
         )
         return answer
 
@@ -92,5 +101,6 @@ class FirestoreWebhooks:
             self._client, self._webhooks.document(delivery.key), decide,
             what=f"record the webhook attempt of orchestration {delivery.orchestration_id} "
                  f"to {delivery.url}",
+            expires=self._expires(delivery),
         )
         return done

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import queue
 import threading
 import uuid
@@ -59,10 +60,27 @@ POLL = 0.2
 Handler = Callable[[JobCompletedEvent], object]
 
 
+class TopicMissing(Exception):
+    def __init__(self, topic: str) -> None:
+        super().__init__(
+            f"the topic {topic} does not exist; jobfleet creates topics only on the emulator:"
+            " create it (the Terraform module in infra/ does) or point JOBFLEET_TOPIC at one"
+        )
+
+
 class PubSubEventBus:
     """The EventBus of the gcp backend: one topic that receives every JobCompletedEvent."""
 
-    def __init__(self, project: str, topic: str, publisher: Any | None = None) -> None:
+    def __init__(
+        self, project: str, topic: str, publisher: Any | None = None,
+        create_missing: bool | None = None,
+    ) -> None:
+        """`create_missing`: create the topic at first publish if it does not exist. By
+        default only on the emulator: in a project the topic is infrastructure (infra/
+        creates it), so that a publisher needs roles/pubsub.publisher and nothing more."""
+        if create_missing is None:
+            create_missing = bool(os.environ.get("PUBSUB_EMULATOR_HOST"))
+        self.create_missing = create_missing
         self.project = project
         self.topic = topic
         self.topic_path = topic_path(project, topic)
@@ -75,9 +93,10 @@ class PubSubEventBus:
         try:
             try:
                 self._send(data, attributes)
-            except api_exceptions.NotFound:
-                # First use in a fresh project or emulator: no need for a topics.get
-                # permission (or a round trip) on the usual path.
+            except api_exceptions.NotFound as missing:
+                # First use on an emulator: no topics.get (or round trip) on the usual path.
+                if not self.create_missing:
+                    raise TopicMissing(self.topic_path) from missing
                 ensure_topic(self._publisher, self.topic_path)
                 self._send(data, attributes)
         except Exception as exc:

@@ -1,5 +1,9 @@
 """The local launcher: a detached supervisor process per orchestration, like one
-Cloud Run execution, whose tasks are `jobfleet worker` processes in its process group."""
+Cloud Run execution, whose tasks are `jobfleet worker` processes in its process group.
+
+A job's Resources (its worker class) mean nothing here and are ignored: every task runs
+on this machine, with no task timeout, whatever CPU, memory or image the job declares.
+(The attempt timeout of `@job(timeout=)` still holds: the worker enforces it.)"""
 
 from __future__ import annotations
 

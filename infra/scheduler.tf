@@ -1,0 +1,33 @@
+# The sweep: what brings back an orchestration a fault left behind. The same job that
+# CloudSchedulerTimer.ensure_sweep (backends/gcp/cloud_scheduler.py) makes, so that
+# `jobfleet schedules sync` and `terraform apply` agree on it (tests/infra/test_drift.py
+# compares them): every minute, POST <api>/v1/sweep with the scheduler's OIDC token.
+
+resource "google_cloud_scheduler_job" "sweep" {
+  project          = var.project_id
+  region           = var.region
+  name             = "jobfleet_sweep" # the code's SWEEP_JOB, which no schedule's job can be called
+  description      = "jobfleet sweep: brings back what faults left behind"
+  schedule         = "* * * * *"
+  time_zone        = "UTC"
+  attempt_deadline = "180s"
+
+  retry_config {
+    retry_count          = 5
+    min_backoff_duration = "20s"
+    max_backoff_duration = "300s"
+    max_doublings        = 4
+  }
+
+  http_target {
+    http_method = "POST"
+    uri         = "${local.api_url}/v1/sweep"
+
+    oidc_token {
+      service_account_email = google_service_account.role["scheduler"].email
+      audience              = local.api_url
+    }
+  }
+
+  depends_on = [google_project_service.apis]
+}
