@@ -8,8 +8,9 @@ that virtualenv's Python, and it starts the completion function with `jobfleet
 function`), `jobfleet serve`, `jobfleet schedules sync`. A kick-off of migrate_accounts
 through the API runs its second stage, notify_customers, and each stage's completion
 event is published once; the nightly schedule, synced from the example's code, fires
-once through the Cloud Scheduler stand-in. The same example runs unchanged on the local
-backend.
+once through the Cloud Scheduler stand-in. `jobfleet worker-classes` lists the example's
+two worker classes (which `dev up` serves as Cloud Run jobs of their own, as Terraform
+makes them), and the same example runs unchanged on the local backend.
 """
 
 from __future__ import annotations
@@ -73,6 +74,21 @@ def test_the_install_is_the_image_environment_alone(installed: Installed) -> Non
     assert which.returncode == 0, which.stderr
     assert Path(which.stdout.strip()) == installed.venv
     assert installed.env["JOBFLEET_JOBS"] == "acme_jobs.jobs"
+
+
+def test_the_example_declares_the_two_worker_classes_terraform_makes(
+    installed: Installed,
+) -> None:
+    printed = installed.run("worker-classes")
+    assert printed.returncode == 0, printed.stderr
+    classes = json.loads(printed.stdout)["worker_classes"]
+    assert [(c["name"], c["jobs"]) for c in classes] == [
+        ("c1-m512mi-t60-r1", ["notify_customers"]),
+        ("c4-m8gi-t3600-r3", ["migrate_accounts"]),
+    ]
+    assert classes[1] == {"name": "c4-m8gi-t3600-r3", "cpu": 4, "memory": "8Gi",
+                          "task_timeout_seconds": 3600, "max_retries": 3, "image": None,
+                          "jobs": ["migrate_accounts"]}
 
 
 def test_the_example_runs_unchanged_on_the_local_backend(
