@@ -1,8 +1,10 @@
-"""The completion Cloud Function: a Firestore trigger on the shard counter documents.
+"""The completion function: a Firestore trigger on the shard counter documents.
 
-Deployed from functions/ (whose main.py re-exports `on_job_written`, the entry point's
-name since the first release) with the `google.cloud.firestore.document.v1.updated`
-event on `jobfleet_orchestrations/{orchestration}/shards/{shard}`. A shard's counters
+`on_shard_updated` runs on functions-framework, started by `jobfleet function` (the
+deployment's image runs it as the Cloud Run service `jobfleet-completion`, and
+`jobfleet dev up` starts it the same way), behind an Eventarc trigger on the
+`google.cloud.firestore.document.v1.updated` event of
+`jobfleet_orchestrations/{orchestration}/shards/{shard}`. A shard's counters
 are written only by commits that end instances of the shard, in the same commit, and a
 worker makes such a commit at most once a second: the function runs once per worker
 commit, not once per instance (the counters' creation at kick-off is not an update and
@@ -60,7 +62,7 @@ def _orchestration_and_shard(document_name: str) -> tuple[str, int] | None:
 
 
 @functions_framework.cloud_event
-def on_job_written(cloud_event: CloudEvent) -> None:
+def on_shard_updated(cloud_event: CloudEvent) -> None:
     change = DocumentEventData.deserialize(cloud_event.get_data())
     if not change.value.name:  # a deletion (an abandoned kick-off cleaning up)
         return

@@ -40,7 +40,7 @@ from google.cloud import firestore, run_v2
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 
 from conftest import TESTS, Emulators
-from jobfleet import JobCompletedEvent, JobFleet, Status, cloud_function
+from jobfleet import JobCompletedEvent, JobFleet, Status
 from jobfleet.backends.gcp.pubsub import decode, ensure_topic, subscription_path, topic_path
 from jobfleet.core.models import WORKER_LOST, JobInstance, OrchestrationSnapshot
 from jobfleet.core.sweep import LAUNCHED, RECOVERED
@@ -186,9 +186,8 @@ def start_function(logs: Path) -> tuple[subprocess.Popen[bytes], str]:
     log = logs / f"function-{port}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "functions_framework", "--target", "on_job_written",
-             "--source", cloud_function.__file__, "--signature-type", "cloudevent",
-             "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "jobfleet", "function", "--host", "127.0.0.1",
+             "--port", str(port)],
             env=dict(os.environ), start_new_session=True, stdout=out, stderr=subprocess.STDOUT,
         )
     try:

@@ -1,12 +1,12 @@
-"""The deployed completion function: functions/main.py, served by functions-framework.
+"""The deployed completion function: `jobfleet function`, as the image's Cloud Run
+service runs it.
 
-`gcloud functions deploy --source=functions --entry-point=on_job_written` runs
-functions/main.py, not the SDK module the other tests serve in-process. Here the
-`functions-framework` command loads that file, as Cloud Functions does, in a process of
-its own against the emulators, and receives Eventarc's Firestore CloudEvents: the
-Firestore emulator's own trigger events through the session's relay, and one built by
-hand and delivered twice. The completion event is counted on a plain Pub/Sub
-subscription, so a second publish would show.
+The command starts functions-framework on `on_shard_updated` in a process of its own
+(from the working folder of a container, not this checkout) against the emulators, and
+it receives Eventarc's Firestore CloudEvents: the Firestore emulator's own trigger
+events through the session's relay, and one built by hand and delivered twice. The
+completion event is counted on a plain Pub/Sub subscription, so a second publish would
+show.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ from pubsub_raw import RawSubscription
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 SETTLE_TIMEOUT = 60.0
 
 
@@ -63,19 +62,17 @@ def _listening(port: int) -> bool:
 
 @pytest.fixture
 def deployed(gcp_env: Emulators, tmp_path: Path) -> Iterator[DeployedFunction]:
-    """`functions-framework --source functions/main.py --target on_job_written` on a free
-    port, in a project of its own on the emulators."""
+    """`jobfleet function` on the port Cloud Run names in PORT, in a project of its own
+    on the emulators."""
     project = f"fn-{uuid.uuid4().hex[:10]}"
     port = free_port()
     log = tmp_path / "function.log"
-    binary = shutil.which("functions-framework", path=os.path.dirname(sys.executable))
-    assert binary, "functions-framework is installed with jobfleet[gcp]"
-    command = [binary, "--source", str(REPO / "functions" / "main.py"),
-               "--target", "on_job_written", "--signature-type", "cloudevent",
-               "--host", "127.0.0.1", "--port", str(port)]
+    binary = shutil.which("jobfleet", path=os.path.dirname(sys.executable))
+    assert binary, "the jobfleet command is installed with the package"
+    env = {**os.environ, "GOOGLE_CLOUD_PROJECT": project, "PORT": str(port)}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            command, env={**os.environ, "GOOGLE_CLOUD_PROJECT": project}, cwd=tmp_path,
+            [binary, "function", "--host", "127.0.0.1"], env=env, cwd=tmp_path,
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:

@@ -18,7 +18,7 @@ from test_gcp_stack import _env_with_tests, _wait_for_port, gcp_fleet, stack, su
 
 import sample_jobs
 from conftest import Emulators
-from jobfleet import JobFleet, Stage, Status, cloud_function
+from jobfleet import JobFleet, Stage, Status
 from jobfleet.core.pipeline import PIPELINE_TAG
 from jobfleet.dev.emulators import free_port, stop_group
 
@@ -36,9 +36,8 @@ def duplicating_function(
     port = free_port()
     with open(tmp_path / "function.log", "wb") as log:
         function = subprocess.Popen(
-            [sys.executable, "-m", "functions_framework", "--target", "on_job_written",
-             "--source", cloud_function.__file__, "--signature-type", "cloudevent",
-             "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "jobfleet", "function", "--host", "127.0.0.1",
+             "--port", str(port)],
             env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
         )
     route = None

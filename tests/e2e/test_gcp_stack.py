@@ -27,7 +27,7 @@ import pytest
 from google.cloud import firestore
 
 from conftest import TESTS, Emulators, ServerFactory, eventually
-from jobfleet import JobCompletedEvent, JobFleet, Status, cloud_function
+from jobfleet import JobCompletedEvent, JobFleet, Status
 from jobfleet.backends.gcp.firestore_store import FirestoreStore
 from jobfleet.backends.gcp.pubsub import EventSubscriber, ensure_subscription
 from jobfleet.core.models import NewInstance, NewOrchestration, RunOptions
@@ -191,9 +191,8 @@ def test_every_trigger_delivered_three_times_out_of_order_still_announces_once(
     function_log = tmp_path / "function.log"
     with open(function_log, "wb") as log:
         function = subprocess.Popen(
-            [sys.executable, "-m", "functions_framework", "--target", "on_job_written",
-             "--source", cloud_function.__file__, "--signature-type", "cloudevent",
-             "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "jobfleet", "function", "--host", "127.0.0.1",
+             "--port", str(port)],
             env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
         )
     relay = emulators.relay

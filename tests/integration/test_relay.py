@@ -48,7 +48,7 @@ _lock = threading.Lock()
 
 
 @functions_framework.cloud_event
-def on_job_written(cloud_event):
+def on_shard_updated(cloud_event):
     with _lock:
         first = cloud_event["id"] not in _seen
         _seen.add(cloud_event["id"])
@@ -101,7 +101,7 @@ def function(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Functi
     source.write_text(FUNCTION_SOURCE)
     monkeypatch.setattr(sys, "path", list(sys.path))  # create_app adds the source's folder
     app = create_app(  # type: ignore[no-untyped-call]
-        target="on_job_written", source=str(source), signature_type="cloudevent"
+        target="on_shard_updated", source=str(source), signature_type="cloudevent"
     )
     module = sys.modules.pop(name)
     server = make_server("127.0.0.1", 0, app, threaded=True)

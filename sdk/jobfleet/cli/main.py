@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from jobfleet.cli import function as function_command
 from jobfleet.cli import pipelines as pipeline_commands
 from jobfleet.cli import render
 from jobfleet.cli import schedules as schedule_commands
@@ -86,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("--follow", action="store_true", help="go on until the orchestration ends")
 
     sub.add_parser("worker", help="run one task's share (the container entrypoint)")
+    function_command.add_parser(sub)
 
     sweep = sub.add_parser(
         "sweep", help="bring back what faults left behind (run it every minute on Google Cloud)"
@@ -320,6 +322,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from jobfleet.worker import main as worker_main
 
         return worker_main()
+    if args.command == "function":
+        try:
+            return function_command.run(args)
+        except JobfleetError as exc:
+            print(f"jobfleet: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command == "dev":
         return cmd_dev(args)
     if args.command == "serve":

@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobfleet import cloud_function
 from jobfleet.config import DEFAULT_CLOUD_RUN_JOB, DEFAULT_REGION, DEFAULT_TOPIC, Settings
 from jobfleet.core.worker_classes import TFVARS_FILE, classes_of_modules, write_tfvars
 from jobfleet.dev.cloud_scheduler import CERTS_PATH
@@ -202,10 +201,9 @@ def _start(
         "--task-timeout", str(task_timeout), "--classes", str(classes), *worker_env,
     ], env)
     function_url = f"http://127.0.0.1:{function_port}/"
-    stack.spawn(FUNCTION, [
-        sys.executable, "-m", "functions_framework", "--target", "on_job_written",
-        "--source", cloud_function.__file__, "--signature-type", "cloudevent",
-        "--host", "127.0.0.1", "--port", str(function_port),
+    stack.spawn(FUNCTION, [  # as the image starts it (cli/function.py)
+        sys.executable, "-m", "jobfleet", "function", "--host", "127.0.0.1",
+        "--port", str(function_port),
     ], env)
     # What Cloud Scheduler does in production: the sweep, every `sweep_every` seconds.
     stack.spawn("sweeper", [
