@@ -21,7 +21,7 @@ output "cloud_build_submit" {
     "gcloud builds submit --project=${var.project_id} --region=${var.region}",
     "--config=cloudbuild.yaml",
     "--gcs-source-staging-dir=gs://${google_storage_bucket.build_sources.name}/source",
-    "--substitutions=_REGION=${var.region},_PREFIX=${var.prefix},_JOBS_DIR=${var.jobs_dir}",
+    "--substitutions=_REGION=${var.region},_PREFIX=${var.prefix},_JOBS_DIR=${var.jobs_dir}${var.jobs_modules == null ? "" : ",_JOBS_MODULES=${var.jobs_modules}"}",
   ])
 }
 

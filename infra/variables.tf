@@ -120,3 +120,9 @@ variable "jobs_dir" {
   type        = string
   default     = "."
 }
+
+variable "jobs_modules" {
+  description = "The jobs modules the image imports (cloudbuild.yaml's _JOBS_MODULES, the image's JOBFLEET_JOBS), for the `gcloud builds submit` line of the outputs; null leaves cloudbuild.yaml's default."
+  type        = string
+  default     = null
+}

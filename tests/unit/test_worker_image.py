@@ -71,3 +71,15 @@ def test_the_install_step_runs_the_script_on_the_default_jobs_package() -> None:
 def test_the_build_context_leaves_out_git_and_terraform_state() -> None:
     ignored = (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().splitlines()
     assert {".git", "**/.venv", "**/*.tfstate", "**/.terraform"} <= set(ignored)
+
+
+def test_functions_folder_serves_the_sdk_target_and_copies_nothing() -> None:
+    """functions/main.py is for functions-framework run by hand from a checkout: it must
+    name the very function the image's `jobfleet function` serves."""
+    import runpy
+
+    from jobfleet import cloud_function
+
+    namespace = runpy.run_path(str(ROOT / "functions" / "main.py"))
+    assert namespace["on_shard_updated"] is cloud_function.on_shard_updated
+    assert not (ROOT / "functions" / "requirements.txt").exists()  # it never resolved

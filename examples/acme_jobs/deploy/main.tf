@@ -70,6 +70,7 @@ module "jobfleet" {
   api_invokers   = var.api_invokers
   worker_classes = var.worker_classes
   jobs_dir       = "examples/acme_jobs"
+  jobs_modules   = "acme_jobs.jobs"
 }
 
 output "api_url" {
