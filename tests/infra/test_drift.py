@@ -142,6 +142,26 @@ def test_the_worker_classes_are_named_and_shaped_as_the_code_makes_them() -> Non
         assert job == f"{DEFAULT_CLOUD_RUN_JOB}-{c['name']}"
 
 
+
+def test_the_examples_worker_classes_file_is_what_its_jobs_declare() -> None:
+    """The example's tfvars file is what `jobfleet worker-classes` prints for its jobs
+    now: a job whose resources changed without the file regenerated would launch onto a
+    Cloud Run job that Terraform never made."""
+    import os
+    import subprocess
+    import sys
+
+    root = EXAMPLE.parent
+    printed = subprocess.run(
+        [sys.executable, "-m", "jobfleet", "worker-classes", "--jobs-module", "acme_jobs.jobs"],
+        capture_output=True, text=True, timeout=120, cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root), "JOBFLEET_JOBS": ""},
+    )
+    assert printed.returncode == 0, printed.stderr
+    written = (EXAMPLE / "worker_classes.auto.tfvars.json").read_text()
+    assert json.loads(written) == json.loads(printed.stdout)
+    assert written == printed.stdout, "regenerate it with `jobfleet worker-classes`"
+
 # -- the sweep ---------------------------------------------------------------------------
 
 @pytest.fixture
