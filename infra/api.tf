@@ -56,14 +56,26 @@ resource "google_cloud_run_v2_service" "api" {
   depends_on = [google_project_service.apis]
 }
 
+# The keys of a for_each must be known when Terraform plans, so the scheduler's account
+# (an e-mail only known once the account exists) is bound by a resource of its own.
 resource "google_cloud_run_v2_service_iam_member" "api_invokers" {
-  for_each = local.deployed ? toset(concat(var.api_invokers, [google_service_account.role["scheduler"].member])) : toset([])
+  for_each = local.deployed ? toset(var.api_invokers) : toset([])
 
   project  = var.project_id
   location = var.region
   name     = google_cloud_run_v2_service.api[0].name
   role     = "roles/run.invoker"
   member   = each.value
+}
+
+resource "google_cloud_run_v2_service_iam_member" "api_scheduler" {
+  count = local.deployed ? 1 : 0
+
+  project  = var.project_id
+  location = var.region
+  name     = google_cloud_run_v2_service.api[0].name
+  role     = "roles/run.invoker"
+  member   = google_service_account.role["scheduler"].member
 }
 
 resource "google_cloud_run_v2_service_iam_member" "api_deployer" {

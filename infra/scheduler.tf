@@ -2,10 +2,13 @@
 # CloudSchedulerTimer.ensure_sweep (backends/gcp/cloud_scheduler.py) makes, so that
 # `jobfleet schedules sync` and `terraform apply` agree on it (tests/infra/test_drift.py
 # compares them): every minute, POST <api>/v1/sweep with the scheduler's OIDC token.
+#
+# Made on the first apply, paused until there is an API to call: the first build's
+# `jobfleet schedules sync` (cloudbuild.yaml) runs ensure_sweep, which creates the job
+# when it is missing, and a job Terraform then tried to create would already exist
+# (409). ensure_sweep also resumes it; the apply with the image leaves it running.
 
 resource "google_cloud_scheduler_job" "sweep" {
-  count = local.deployed ? 1 : 0 # it calls the API, which waits for the first image
-
   project          = var.project_id
   region           = var.region
   name             = "jobfleet_sweep" # the code's SWEEP_JOB, which no schedule's job can be called
@@ -13,6 +16,7 @@ resource "google_cloud_scheduler_job" "sweep" {
   schedule         = "* * * * *"
   time_zone        = "UTC"
   attempt_deadline = "180s"
+  paused           = !local.deployed
 
   retry_config {
     retry_count          = 5

@@ -51,9 +51,14 @@ variable "worker_max_retries" {
 }
 
 variable "worker_parallelism" {
-  description = "How many tasks of one execution run at once (0: as many as Cloud Run allows). Kick-off sets the task count."
+  description = "How many tasks of one execution run at once (0: as many as Cloud Run allows). Kick-off sets the task count, and Cloud Run documents parallelism as at most the task count, so a limit above 0 may be refused for a kick-off of fewer tasks than it."
   type        = number
-  default     = 100
+  default     = 0
+
+  validation {
+    condition     = var.worker_parallelism >= 0 && floor(var.worker_parallelism) == var.worker_parallelism
+    error_message = "worker_parallelism: a whole number, 0 (no limit) or more."
+  }
 }
 
 variable "worker_classes" {

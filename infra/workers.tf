@@ -14,7 +14,9 @@ resource "google_cloud_run_v2_job" "worker" {
   deletion_protection = false
 
   template {
+    # Cloud Run wants parallelism <= task count; each kick-off overrides the count.
     parallelism = var.worker_parallelism
+    task_count  = max(var.worker_parallelism, 1)
 
     template {
       service_account = google_service_account.role["worker"].email
@@ -60,7 +62,9 @@ resource "google_cloud_run_v2_job" "worker_own_image" {
   deletion_protection = false
 
   template {
+    # Cloud Run wants parallelism <= task count; each kick-off overrides the count.
     parallelism = var.worker_parallelism
+    task_count  = max(var.worker_parallelism, 1)
 
     template {
       service_account = google_service_account.role["worker"].email
@@ -97,10 +101,16 @@ resource "google_cloud_run_v2_job" "worker_own_image" {
 }
 
 locals {
+  # The worker jobs that exist, by their resources: bindings on them wait for them, and
+  # on the first apply (no image yet) name none of those on the deployment's image.
+  worker_job_names = merge(
+    { for key, job in google_cloud_run_v2_job.worker : key => job.name },
+    { for key, job in google_cloud_run_v2_job.worker_own_image : key => job.name },
+  )
   # Who starts executions (RunJob with overrides), cancels them and reads their state.
   job_developers = {
-    for pair in setproduct(keys(local.worker_jobs), ["api", "completion"]) :
-    "${pair[0]}/${pair[1]}" => { job = pair[0], role = pair[1] }
+    for pair in setproduct(keys(local.worker_job_names), ["api", "completion"]) :
+    "${pair[0]}/${pair[1]}" => { job = local.worker_job_names[pair[0]], role = pair[1] }
   }
 }
 
@@ -112,8 +122,6 @@ resource "google_cloud_run_v2_job_iam_member" "launchers" {
   name     = each.value.job
   role     = "roles/run.developer"
   member   = google_service_account.role[each.value.role].member
-
-  depends_on = [google_cloud_run_v2_job.worker, google_cloud_run_v2_job.worker_own_image]
 }
 
 # Cloud Build updates the image of the jobs that run the deployment's image.
