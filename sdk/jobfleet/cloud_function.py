@@ -50,7 +50,9 @@ def _ports() -> tuple[Store, EventBus, Advance]:
 
 
 def _counters(document: Document) -> dict[str, int]:
-    return {name: int(value.integer_value) for name, value in document.fields.items()}
+    # The counters are the integer fields; `expire_at` (a timestamp) is not one.
+    return {name: int(value.integer_value) for name, value in document.fields.items()
+            if "integer_value" in value}
 
 
 def _orchestration_and_shard(document_name: str) -> tuple[str, int] | None:

@@ -447,7 +447,8 @@ def _redeliver(shape: Shape, url: str, oid: str, shard: int) -> int:
     name = f"projects/{shape.project}/databases/(default)/documents/{path}"
     client = firestore.Client(project=shape.project)
     try:
-        counters = {k: int(v) for k, v in (client.document(path).get().to_dict() or {}).items()}
+        stored = client.document(path).get().to_dict() or {}
+        counters = {k: int(v) for k, v in stored.items() if isinstance(v, int)}
     finally:
         client.close()  # type: ignore[no-untyped-call]
     data = EventDataPb()
