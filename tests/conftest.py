@@ -174,6 +174,17 @@ def gcp_env(emulators: Emulators, monkeypatch: pytest.MonkeyPatch) -> Emulators:
     return emulators
 
 
+def answers_ok(url: str) -> bool:
+    """True once `url` answers 200: a server started by a test is up."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
+
+
 def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
     """Poll a condition the test cannot be told about (a delivery, a redelivery)."""
     deadline = time.monotonic() + timeout

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import Emulators, eventually
+from conftest import Emulators, answers_ok, eventually
 from image_support import replay_install, runtime_env
 from jobfleet.config import DEFAULT_TOPIC
 from jobfleet.dev.emulators import free_port, stop_group
@@ -166,21 +166,13 @@ def deployment(
                 start_new_session=True,
             )
         try:
-            assert eventually(lambda: _answers(api + "/healthz"), 60), log.read_text()
+            assert eventually(lambda: answers_ok(api + "/healthz"), 60), log.read_text()
             yield Deployment(served, api, home)
         finally:
             stop_group(server)
     finally:
         down = installed.run("dev", "down", env=env)
         assert down.returncode == 0, down.stderr
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as reply:
-            return bool(reply.status == 200)
-    except OSError:
-        return False
 
 
 @pytest.fixture

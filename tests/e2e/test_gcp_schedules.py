@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from test_gcp_stack import subscribe
 
-from conftest import TESTS, Emulators, eventually
+from conftest import TESTS, Emulators, answers_ok, eventually
 from jobfleet import JobFleet
 from jobfleet.backends.gcp.cloud_scheduler import SWEEP_JOB, CloudSchedulerTimer
 from jobfleet.config import Settings
@@ -82,7 +82,7 @@ def stack(
             env=served, stdout=out, stderr=subprocess.STDOUT,
         )
     try:
-        assert eventually(lambda: _answers(api_url + "/healthz"), timeout=60), log.read_text()
+        assert eventually(lambda: answers_ok(api_url + "/healthz"), timeout=60), log.read_text()
         yield {**served, "JOBS_FILE": str(jobs), "SERVE_LOG": str(log)}
     finally:
         server.terminate()
@@ -90,14 +90,6 @@ def stack(
         down = subprocess.run([*command, "dev", "down"], env=env, capture_output=True,
                               text=True, timeout=120)
         assert down.returncode == 0, down.stderr
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as reply:
-            return bool(reply.status == 200)
-    except OSError:
-        return False
 
 
 @pytest.fixture
