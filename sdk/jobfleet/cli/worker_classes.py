@@ -11,7 +11,6 @@ code alone, so CI can write it before `terraform apply`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -23,7 +22,7 @@ from jobfleet.core.worker_classes import (
     WorkerClass,
     classes_of_modules,
     cloud_run_job,
-    tfvars,
+    tfvars_text,
 )
 from jobfleet.errors import JobfleetError
 
@@ -53,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"jobfleet: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.format == "tfvars":
-        print(json.dumps(tfvars(classes), indent=2))
+        sys.stdout.write(tfvars_text(classes))
     else:
         base = [name for name in known_jobs() if get_job(name).resources is None]
         print(table(classes, settings.cloud_run_job, base))

@@ -86,7 +86,13 @@ def classes_of_modules(modules: Iterable[str]) -> list[WorkerClass]:
 
 
 def write_tfvars(path: Path, classes: Iterable[WorkerClass]) -> None:
-    path.write_text(json.dumps(tfvars(classes), indent=2) + "\n")
+    path.write_text(tfvars_text(classes))
+
+
+def tfvars_text(classes: Iterable[WorkerClass]) -> str:
+    """worker_classes.auto.tfvars.json, byte for byte: what the CLI prints and `dev up`
+    writes (the drift test compares a committed file with it)."""
+    return json.dumps(tfvars(classes), indent=2) + "\n"
 
 
 def tfvars(classes: Iterable[WorkerClass]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from jobfleet.backends.gcp.google_apis import (
 from jobfleet.config import Settings
 from jobfleet.core.models import NewOrchestration
 from jobfleet.core.registry import get_job
-from jobfleet.core.resources import MAX_TASK_TIMEOUT_SECONDS, Resources
+from jobfleet.core.resources import Resources
 from jobfleet.core.worker_classes import HOW_TO_CREATE, cloud_run_job
 from jobfleet.errors import ConfigurationError, JobfleetError, UnknownJob
 
@@ -69,10 +69,10 @@ class Target:
 
     @property
     def timeout(self) -> timedelta | None:
+        # Resources refuses a task timeout past Cloud Run's limit of 168 hours.
         if self.resources is None:
             return None
-        return timedelta(seconds=min(self.resources.task_timeout_seconds,
-                                     MAX_TASK_TIMEOUT_SECONDS))
+        return timedelta(seconds=self.resources.task_timeout_seconds)
 
 
 class CloudRunLauncher:
