@@ -18,6 +18,7 @@ DEFAULT_CLOUD_RUN_JOB = "jobfleet-worker"
 DEFAULT_TOPIC = "jobfleet-job-completed"
 DEFAULT_LEASE_SECONDS = 30.0
 DEFAULT_LOG_LIMIT_BYTES = 64 * 1024 * 1024
+DEFAULT_LISTEN_PORT = 8080
 DEFAULT_RETENTION_DAYS = 30
 # Firestore's TTL must never take a run still going: a Cloud Run task stops at 7 days.
 MIN_RETENTION_DAYS = 8
@@ -184,6 +185,17 @@ def _choice(env: Mapping[str, str], name: str, choices: Sequence[str]) -> str | 
     if text.lower() not in choices:
         raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, not {text!r}")
     return text.lower()
+
+
+def listen_port(port: int | None, env: Mapping[str, str] | None = None) -> int:
+    """The port a server of the image listens on (`jobfleet serve`, `jobfleet function`):
+    the one given, else Cloud Run's PORT, else 8080 (Cloud Run's default too)."""
+    if port is not None:
+        return port
+    given = (os.environ if env is None else env).get("PORT") or str(DEFAULT_LISTEN_PORT)
+    if not given.isdigit():
+        raise ConfigurationError(f"PORT must be a port number, got {given!r}")
+    return int(given)
 
 
 def _retention(env: Mapping[str, str]) -> float:

@@ -102,3 +102,16 @@ def test_history_retention_is_read_and_may_not_be_shorter_than_a_run() -> None:
     assert Settings.from_env(env={"JOBFLEET_RETENTION_DAYS": "90"}).retention_days == 90
     with pytest.raises(ConfigurationError, match="JOBFLEET_RETENTION_DAYS must be at least 8"):
         Settings.from_env(env={"JOBFLEET_RETENTION_DAYS": "3"})
+
+
+def test_servers_of_the_image_listen_on_the_given_port_else_cloud_runs_port() -> None:
+    """`jobfleet serve` and `jobfleet function` share the rule: --port, else PORT, else
+    8080; a PORT that is not a number is named, not a traceback."""
+    from jobfleet.config import listen_port
+    from jobfleet.errors import ConfigurationError
+
+    assert listen_port(9000, env={"PORT": "7000"}) == 9000
+    assert listen_port(None, env={"PORT": "7000"}) == 7000
+    assert listen_port(None, env={}) == 8080
+    with pytest.raises(ConfigurationError, match="PORT must be a port number, got 'http'"):
+        listen_port(None, env={"PORT": "http"})

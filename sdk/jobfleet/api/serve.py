@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 
-from jobfleet.config import Settings
+from jobfleet.config import Settings, listen_port
 from jobfleet.errors import ConfigurationError
-
-DEFAULT_PORT = 8080
 
 
 def serve(
@@ -40,7 +38,7 @@ def serve(
             "it could run jobs. Set JOBFLEET_API_TOKEN (or JOBFLEET_API_AUDIENCE and "
             "JOBFLEET_API_PRINCIPALS for Google ID tokens), or listen on 127.0.0.1."
         )
-    chosen = port if port is not None else int(os.environ.get("PORT") or DEFAULT_PORT)
+    chosen = listen_port(port)
     uvicorn.run(
         create_app(authenticator=authenticator, settings=settings, local_scheduler=scheduler),
         host=host, port=chosen,

@@ -14,12 +14,12 @@ import os
 import sys
 from typing import Any
 
+from jobfleet.config import DEFAULT_LISTEN_PORT, listen_port
 from jobfleet.errors import ConfigurationError
 
 TARGET = "on_shard_updated"
 SIGNATURE_TYPE = "cloudevent"  # Eventarc delivers CloudEvents
 DEFAULT_HOST = "0.0.0.0"  # a container's port is reachable only on all addresses
-DEFAULT_PORT = 8080  # Cloud Run sets PORT; this is its default too
 
 
 def add_parser(sub: Any) -> None:
@@ -29,17 +29,14 @@ def add_parser(sub: Any) -> None:
     )
     function.add_argument("--host", default=DEFAULT_HOST,
                           help=f"address to listen on (default: {DEFAULT_HOST})")
-    function.add_argument("--port", type=int, help=f"default: PORT, else {DEFAULT_PORT}")
+    function.add_argument("--port", type=int, help=f"default: PORT, else {DEFAULT_LISTEN_PORT}")
 
 
 def command(host: str, port: int | None) -> list[str]:
     """functions-framework's command line for the completion function."""
     from jobfleet import cloud_function  # needs the gcp extra; imported here to say so
 
-    given = os.environ.get("PORT") or str(DEFAULT_PORT)
-    if port is None and not given.isdigit():
-        raise ConfigurationError(f"PORT must be a port number, got {given!r}")
-    chosen = port if port is not None else int(given)
+    chosen = listen_port(port)
     return [
         sys.executable, "-m", "functions_framework", "--target", TARGET,
         "--source", cloud_function.__file__, "--signature-type", SIGNATURE_TYPE,
